@@ -1,0 +1,247 @@
+"""A thin Connect (unary, JSON) client for ``runner.v1.RunnerService`` over httpx.
+
+One :class:`RunnerClient` per Forgejo connection, opened inside the trio run. Every
+call is bounded as a whole by ``trio.fail_after`` (httpx timeouts are per network
+operation, so a server trickling bytes would otherwise hold a call forever) and by
+a response size limit.
+
+Failures come out as two kinds, because the fetch loop must tell them apart:
+
+* :class:`ConnectError` — the server answered with a Connect error code.
+  :attr:`RpcError.outcome_unknown` says whether the request may have had an effect.
+* :class:`TransportFailure` — no usable answer (timeout, reset, refused, garbage,
+  oversized). The request may or may not have been processed: always "unknown".
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+import httpx
+import trio
+
+from scheduler import __version__
+from scheduler.protocol import messages as m
+
+SERVICE = "runner.v1.RunnerService"
+USER_AGENT = f"forgejo-scheduler/{__version__}"
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+# connect-go's httpToCode, for error answers that carry no Connect JSON body
+# (a proxy's HTML page, an empty 404...). Source: protocol.md §1.4.
+_HTTP_TO_CODE = {
+    400: "internal",
+    401: "unauthenticated",
+    403: "permission_denied",
+    404: "unimplemented",
+    429: "unavailable",
+    502: "unavailable",
+    503: "unavailable",
+    504: "unavailable",
+}
+
+# Codes that prove the server did not act on the request. Everything else
+# (unavailable, internal, unknown, deadline_exceeded, resource_exhausted, aborted...)
+# may have happened after the server assigned tasks, so its outcome is unknown.
+DEFINITE_CODES = frozenset(
+    {
+        "unauthenticated",
+        "permission_denied",
+        "invalid_argument",
+        "unimplemented",
+        "not_found",
+        "failed_precondition",
+        "out_of_range",
+    }
+)
+
+
+class RpcError(Exception):
+    """Base of every failed RPC."""
+
+    outcome_unknown: bool = True
+
+
+class ConnectError(RpcError):
+    def __init__(self, code: str, message: str, http_status: int | None = None) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+        self.http_status = http_status
+        self.outcome_unknown = code not in DEFINITE_CODES
+
+
+class TransportFailure(RpcError):
+    """No usable answer. ``kind`` is ``timeout``, ``transport``, ``malformed`` or ``oversized``."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+def ssl_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext | bool:
+    """TLS verification is on by default; ``ca_file`` adds a private CA."""
+    if insecure:
+        return False
+    if ca_file:
+        return ssl.create_default_context(cafile=ca_file)
+    return True
+
+
+class RunnerClient:
+    """The RPCs of one runner registration on one Forgejo."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        uuid: str,
+        token: str,
+        timeout: float,
+        verify: ssl.SSLContext | bool = True,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
+        self.base_url = base_url.rstrip("/") + "/api/actions/"
+        self.timeout = timeout
+        self.max_response_bytes = max_response_bytes
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={
+                "x-runner-uuid": uuid,
+                "x-runner-token": token,
+                "user-agent": USER_AGENT,
+                "connect-protocol-version": "1",
+            },
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
+            verify=verify,
+            transport=transport,
+            trust_env=False,
+        )
+
+    async def __aenter__(self) -> RunnerClient:
+        await self._http.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._http.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # --- RPCs --------------------------------------------------------------------
+
+    async def declare(self, version: str, labels: tuple[str, ...]) -> m.Runner:
+        data = await self.call("Declare", m.declare_request(version, labels))
+        return m.decode_runner_response(data, "DeclareResponse")
+
+    async def register(
+        self, name: str, registration_token: str, version: str, labels: tuple[str, ...]
+    ) -> m.Runner:
+        body = m.register_request(name, registration_token, version, labels)
+        data = await self.call("Register", body)
+        return m.decode_runner_response(data, "RegisterResponse")
+
+    async def fetch_task(
+        self, *, tasks_version: int, task_capacity: int, request_key: str
+    ) -> m.FetchTaskResponse:
+        data = await self.call(
+            "FetchTask",
+            m.fetch_task_request(tasks_version, task_capacity),
+            headers={"x-runner-request-key": request_key},
+        )
+        return self._decode(m.FetchTaskResponse.from_json, data)
+
+    async def update_task(
+        self, state: m.TaskState, outputs: Mapping[str, str] | None = None
+    ) -> m.UpdateTaskResponse:
+        data = await self.call("UpdateTask", m.update_task_request(state, outputs or {}))
+        return self._decode(m.UpdateTaskResponse.from_json, data)
+
+    async def update_log(
+        self, task_id: int, index: int, rows: tuple[m.LogRow, ...], no_more: bool
+    ) -> int:
+        data = await self.call("UpdateLog", m.update_log_request(task_id, index, rows, no_more))
+        return self._decode(m.decode_ack_index, data)
+
+    # --- plumbing ----------------------------------------------------------------
+
+    @staticmethod
+    def _decode(fn: Callable[[Any], T], data: Any) -> T:
+        try:
+            return fn(data)
+        except m.DecodeError as exc:
+            raise TransportFailure("malformed", str(exc)) from None
+
+    async def call(
+        self, method: str, body: m.JSON, *, headers: Mapping[str, str] | None = None
+    ) -> Any:
+        """POST one unary Connect request; the decoded JSON answer, or an RpcError."""
+        content = json.dumps(body, separators=(",", ":")).encode()
+        request_headers = {"content-type": "application/json", **(headers or {})}
+        try:
+            with trio.fail_after(self.timeout):
+                async with self._http.stream(
+                    "POST", f"{SERVICE}/{method}", content=content, headers=request_headers
+                ) as resp:
+                    raw = await self._read_limited(resp)
+        except trio.TooSlowError:
+            detail = f"{method}: no answer within {self.timeout:g}s"
+            raise TransportFailure("timeout", detail) from None
+        except httpx.TimeoutException as exc:
+            raise TransportFailure("timeout", f"{method}: {type(exc).__name__}") from None
+        except httpx.TransportError as exc:
+            raise TransportFailure("transport", f"{method}: {type(exc).__name__}: {exc}") from None
+        return self._interpret(method, resp, raw)
+
+    async def _read_limited(self, resp: httpx.Response) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.aiter_bytes():
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise TransportFailure(
+                    "oversized", f"answer larger than {self.max_response_bytes} bytes"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _interpret(self, method: str, resp: httpx.Response, raw: bytes) -> Any:
+        ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+        if resp.status_code == 200:
+            if ctype != "application/json":
+                raise TransportFailure("malformed", f"{method}: content type {ctype or 'none'!r}")
+            if not raw:
+                return {}
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                raise TransportFailure("malformed", f"{method}: invalid JSON") from None
+            if not isinstance(data, dict):
+                raise TransportFailure("malformed", f"{method}: answer is not a JSON object")
+            return data
+        code, message = _HTTP_TO_CODE.get(resp.status_code, "unknown"), ""
+        if ctype == "application/json":
+            try:
+                err = json.loads(raw)
+                if isinstance(err, dict) and isinstance(err.get("code"), str):
+                    code = err["code"]
+                    message = str(err.get("message", ""))[:500]
+            except ValueError:
+                pass
+        if not message:
+            message = f"HTTP {resp.status_code}"
+        raise ConnectError(code, message, resp.status_code)
