@@ -21,13 +21,13 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-T = TypeVar("T")
-
 import httpx
 import trio
 
 from scheduler import __version__
 from scheduler.protocol import messages as m
+
+T = TypeVar("T")
 
 SERVICE = "runner.v1.RunnerService"
 USER_AGENT = f"forgejo-scheduler/{__version__}"
