@@ -1,0 +1,320 @@
+"""The slot ledger and the fair-share rule: pure, synchronous, no I/O, no clock.
+
+One ledger per process. Every slot is in exactly one place::
+
+    capacity = free + Σ reserved[c] + Σ running[c]
+
+and only these moves exist (shared/reference/core-design.md):
+
+* ``grant``    free → reserved[c]     made only here, only to hungry connections;
+* ``resolve``  reserved[c] → running[c] for the tasks that arrived, the rest → free;
+* ``finish``   running[c] → free      after the task's final report was acknowledged.
+
+An unknown fetch outcome moves nothing: the reservation simply stays where it is
+until the connection resolves its request key. That is what keeps the tasks the
+server may already have assigned under that key from ever exceeding ``capacity``.
+
+Fair share: weighted max-min over slots *held* (reserved + running). Among hungry
+connections the next slot goes to whoever is below ``min_slots``, then to the
+smallest ``(held + 1) / weight`` (then the fewest slots held), ties broken by
+stride-scheduling ``pass`` so that equal connections alternate and none starves
+(an exact tie goes to whoever was granted longest ago). A single grant is capped at the
+connection's *entitlement* (its water-filling share if every active connection
+wanted slots, rounded up, at least 1): a black-holed server whose fetch hangs can
+then hold no more than its own share in doubt, while a connection that is alone
+with work still gets every free slot, one fetch after another.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+
+class LedgerError(RuntimeError):
+    """A caller broke the ledger's protocol (a bug, never a runtime condition)."""
+
+
+@attrs.define
+class ConnectionSlots:
+    """One connection's view in the ledger."""
+
+    name: str
+    weight: float
+    min_slots: int
+    max_slots: int
+    running: int = 0
+    reserved: int = 0
+    hungry: bool = False
+    active: bool = True
+    pass_: float = 0.0
+    last_grant: int = 0  # sequence number of its last grant: older wins a tie
+
+    @property
+    def held(self) -> int:
+        return self.running + self.reserved
+
+
+@attrs.frozen
+class Grant:
+    connection: str
+    slots: int
+
+
+@attrs.frozen
+class Resolution:
+    """What happened to a reservation when its fetch was answered."""
+
+    accepted: int  # tasks that now hold a running slot
+    rejected: int  # tasks that found no slot at all: the caller must report them failed
+    released: int  # reserved slots returned to the free pool
+
+
+def water_fill(
+    capacity: float, conns: Iterable[ConnectionSlots], *, demand: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Weighted max-min shares of ``capacity`` with per-connection [min, max] bounds.
+
+    ``demand`` caps a connection below its ``max_slots`` (unknown demand = max).
+    Finds the level λ with Σ clamp(λ·wᵢ, minᵢ, maxᵢ) = capacity by bisection:
+    N is a handful, so O(N · 60) is nothing.
+    """
+    items = list(conns)
+    if not items:
+        return {}
+    lo_b = {c.name: float(min(c.min_slots, (demand or {}).get(c.name, c.max_slots))) for c in items}
+    hi_b = {c.name: float(min(c.max_slots, (demand or {}).get(c.name, c.max_slots))) for c in items}
+
+    def total(level: float) -> float:
+        return sum(min(max(level * c.weight, lo_b[c.name]), hi_b[c.name]) for c in items)
+
+    if total(math.inf) <= capacity:
+        return dict(hi_b)
+    lo, hi = 0.0, max(hi_b.values()) / min(c.weight for c in items) + 1.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if total(mid) > capacity:
+            hi = mid
+        else:
+            lo = mid
+    return {c.name: min(max(lo * c.weight, lo_b[c.name]), hi_b[c.name]) for c in items}
+
+
+def jain_index(values: Iterable[float]) -> float:
+    """Jain's fairness index (Σx)² / (n·Σx²): 1 is perfectly fair, 1/n is one takes all."""
+    xs = list(values)
+    sq = sum(x * x for x in xs)
+    if not xs or sq == 0:
+        return 1.0
+    return sum(xs) ** 2 / (len(xs) * sq)
+
+
+class SlotLedger:
+    """The process-wide ledger of runner slots, and the fair-share grant rule."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise LedgerError("capacity must be at least 1")
+        self.capacity = capacity
+        self._conns: dict[str, ConnectionSlots] = {}
+        self._grant_seq = 0
+
+    # --- membership and configuration -----------------------------------------------
+
+    def add(
+        self, name: str, *, weight: float = 1.0, min_slots: int = 0, max_slots: int | None = None
+    ) -> None:
+        if name in self._conns:
+            raise LedgerError(f"connection {name!r} already in the ledger")
+        self._conns[name] = ConnectionSlots(name, weight, min_slots, max_slots or self.capacity)
+
+    def configure(self, name: str, *, weight: float, min_slots: int, max_slots: int) -> None:
+        """Change a connection's share; takes effect from the next grant (no pre-emption)."""
+        c = self._get(name)
+        c.weight, c.min_slots, c.max_slots = weight, min_slots, max_slots
+
+    def set_capacity(self, capacity: int) -> None:
+        """A smaller capacity never takes a slot back: grants stop until enough have freed."""
+        if capacity < 1:
+            raise LedgerError("capacity must be at least 1")
+        self.capacity = capacity
+
+    def remove(self, name: str) -> None:
+        c = self._get(name)
+        if c.held:
+            raise LedgerError(f"connection {name!r} still holds {c.held} slots")
+        del self._conns[name]
+
+    def set_active(self, name: str, active: bool) -> None:
+        """An inactive (down) connection is left out of the entitlement computation."""
+        c = self._get(name)
+        c.active = active
+        if not active:
+            c.hungry = False
+
+    # --- views ----------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._conns)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - sum(c.held for c in self._conns.values())
+
+    def view(self, name: str) -> ConnectionSlots:
+        """A copy: the caller cannot move slots behind the ledger's back."""
+        return attrs.evolve(self._get(name))
+
+    def held(self, name: str) -> int:
+        return self._get(name).held
+
+    def reserved(self, name: str) -> int:
+        return self._get(name).reserved
+
+    def running(self, name: str) -> int:
+        return self._get(name).running
+
+    def is_hungry(self, name: str) -> bool:
+        return self._get(name).hungry
+
+    def demanding(self) -> list[ConnectionSlots]:
+        """Connections that want or hold slots: the ones a fair share is owed to."""
+        return [c for c in self._conns.values() if c.active and (c.hungry or c.held)]
+
+    def fair_shares(self) -> dict[str, float]:
+        """The water-filling target over demanding connections (0 for the others)."""
+        shares = dict.fromkeys(self._conns, 0.0)
+        shares.update(water_fill(self.capacity, self.demanding()))
+        return shares
+
+    def jain_index(self) -> float:
+        shares = self.fair_shares()
+        return jain_index(
+            c.held / shares[c.name] for c in self.demanding() if shares[c.name] > 0
+        )
+
+    def entitlement(self, name: str) -> int:
+        """The most one grant may give ``name``: its share if every active connection wanted."""
+        return self._entitlements().get(name, 1)
+
+    def _entitlements(self) -> dict[str, int]:
+        active = [c for c in self._conns.values() if c.active]
+        shares = water_fill(self.capacity, active)
+        return {n: max(1, math.ceil(s - 1e-9)) for n, s in shares.items()}
+
+    # --- moves ----------------------------------------------------------------------
+
+    def restore(self, name: str, slots: int) -> int:
+        """Reserve for a request key persisted before a restart, before any grant.
+
+        Reserves what is free up to ``slots``; if the capacity shrank, the retry still
+        asks the old ``taskCapacity`` and any surplus task is handled by ``resolve``.
+        """
+        c = self._get(name)
+        if c.held:
+            raise LedgerError(f"restore for {name!r} after it already holds slots")
+        got = max(0, min(slots, self.free))
+        c.reserved += got
+        return got
+
+    def want(self, name: str) -> None:
+        """``name`` is ready to fetch and waits for slots."""
+        c = self._get(name)
+        if c.hungry:
+            return
+        others = [x.pass_ for x in self._conns.values() if x.hungry and x is not c]
+        if others:
+            # Idle time is not banked: a newly hungry connection starts level with the rest.
+            c.pass_ = max(c.pass_, min(others))
+        c.hungry = True
+
+    def withdraw(self, name: str) -> None:
+        self._get(name).hungry = False
+
+    def grant(self) -> list[Grant]:
+        """Hand every free slot that someone can use to hungry connections.
+
+        Work-conserving: afterwards either no slot is free or no hungry connection
+        below its ``max_slots`` is left waiting. Each granted connection stops being
+        hungry; it fetches with ``taskCapacity`` = its grant.
+        """
+        free = self.free
+        given: dict[str, int] = {}
+        caps = self._entitlements() if free > 0 else {}
+        while free > 0:
+            best: ConnectionSlots | None = None
+            best_key: tuple[int, float, int, float, int, str] | None = None
+            for c in self._conns.values():
+                if not (c.hungry and c.active):
+                    continue
+                g = given.get(c.name, 0)
+                if c.held + g >= c.max_slots:
+                    continue
+                if g >= max(1, caps.get(c.name, 1) - c.held):
+                    continue
+                key = (
+                    0 if c.held + g < c.min_slots else 1,
+                    (c.held + g + 1) / c.weight,
+                    c.held + g,
+                    c.pass_,
+                    c.last_grant,
+                    c.name,
+                )
+                if best_key is None or key < best_key:
+                    best, best_key = c, key
+            if best is None:
+                break
+            given[best.name] = given.get(best.name, 0) + 1
+            best.pass_ += 1.0 / best.weight
+            free -= 1
+        grants = []
+        for name, k in given.items():
+            c = self._conns[name]
+            self._grant_seq += 1
+            c.last_grant = self._grant_seq
+            c.reserved += k
+            c.hungry = False
+            grants.append(Grant(name, k))
+        return grants
+
+    def resolve(self, name: str, tasks: int) -> Resolution:
+        """A fetch of ``name`` was answered with ``tasks`` tasks: settle its reservation.
+
+        Tasks fill the reservation first, then any free slot (capacity is the hard
+        limit, ``max_slots`` is a preference: running a task beats failing it);
+        what fits nowhere is ``rejected`` and must be reported failed by the caller.
+        """
+        if tasks < 0:
+            raise LedgerError("negative task count")
+        c = self._get(name)
+        accepted = min(tasks, c.reserved)
+        c.reserved -= accepted
+        c.running += accepted
+        released = c.reserved
+        c.reserved = 0
+        extra = tasks - accepted
+        take = min(extra, max(0, self.free))
+        c.running += take
+        return Resolution(accepted=accepted + take, rejected=extra - take, released=released)
+
+    def release(self, name: str) -> int:
+        """A definite refusal (or a cancelled wait): all of ``name``'s reservation goes back."""
+        c = self._get(name)
+        released, c.reserved = c.reserved, 0
+        return released
+
+    def finish(self, name: str) -> None:
+        """A task of ``name`` is over and the server knows it: its slot is free again."""
+        c = self._get(name)
+        if c.running < 1:
+            raise LedgerError(f"finish for {name!r} with no running task")
+        c.running -= 1
+
+    def _get(self, name: str) -> ConnectionSlots:
+        try:
+            return self._conns[name]
+        except KeyError:
+            raise LedgerError(f"unknown connection {name!r}") from None
