@@ -220,6 +220,17 @@ class SlotLedger:
         c.reserved += got
         return got
 
+    def adopt(self, name: str, tasks: int) -> int:
+        """Count tasks left running by a previous process as running, while they are reported.
+
+        The server still counts them against this runner until their final state
+        arrives, so they take free slots like any task; returns how many fit.
+        """
+        c = self._get(name)
+        got = max(0, min(tasks, self.free))
+        c.running += got
+        return got
+
     def want(self, name: str) -> None:
         """``name`` is ready to fetch and waits for slots."""
         c = self._get(name)

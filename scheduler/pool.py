@@ -1,0 +1,120 @@
+"""The slot ledger wrapped for trio.
+
+Connections wait here for a grant. There is no lock that spans connections: every
+ledger operation is synchronous and never waits on I/O, so a decision is made in
+one step of the event loop and whoever was granted is woken. A connection whose
+server is slow blocks nobody; only its own reservation waits with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from scheduler.slots import Grant, Resolution, SlotLedger
+
+log = logging.getLogger(__name__)
+
+
+class PoolClosed(Exception):
+    """The service is shutting down: no more grants."""
+
+
+class SlotPool:
+    def __init__(
+        self,
+        ledger: SlotLedger,
+        *,
+        on_change: Callable[[], None] | None = None,
+        on_grant: Callable[[Grant, float], None] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.closed = False
+        self._on_change = on_change or (lambda: None)
+        self._on_grant = on_grant or (lambda g, wait: None)
+        self._waiters: dict[str, trio.Event] = {}
+        self._hungry_since: dict[str, float] = {}
+        self._granted: dict[str, int] = {}
+
+    async def acquire(self, name: str) -> int:
+        """Wait until ``name`` is granted k ≥ 1 slots; returns k (now reserved for it)."""
+        if self.closed:
+            raise PoolClosed
+        if name in self._waiters:
+            raise RuntimeError(f"{name} is already waiting for slots")
+        event = trio.Event()
+        self._waiters[name] = event
+        self._hungry_since[name] = trio.current_time()
+        self.ledger.want(name)
+        self._dispatch()
+        try:
+            await event.wait()
+        except BaseException:
+            # Cancelled while waiting: give back a grant that raced in, or stop wanting.
+            self._waiters.pop(name, None)
+            if name in self._granted:
+                self._granted.pop(name)
+                self.ledger.release(name)
+            else:
+                self.ledger.withdraw(name)
+            self._dispatch()
+            raise
+        self._waiters.pop(name, None)
+        if name not in self._granted:
+            raise PoolClosed
+        return self._granted.pop(name)
+
+    def restore(self, name: str, slots: int) -> int:
+        """Re-reserve a persisted key's capacity; call before any connection starts."""
+        got = self.ledger.restore(name, slots)
+        self._on_change()
+        return got
+
+    def adopt(self, name: str, tasks: int) -> int:
+        got = self.ledger.adopt(name, tasks)
+        self._on_change()
+        return got
+
+    def resolve(self, name: str, tasks: int) -> Resolution:
+        res = self.ledger.resolve(name, tasks)
+        self._dispatch()
+        return res
+
+    def release(self, name: str) -> int:
+        released = self.ledger.release(name)
+        self._dispatch()
+        return released
+
+    def finish(self, name: str) -> None:
+        self.ledger.finish(name)
+        self._dispatch()
+
+    def set_active(self, name: str, active: bool) -> None:
+        self.ledger.set_active(name, active)
+        self._dispatch()
+
+    def close(self) -> None:
+        """Stop granting; every waiter gets :class:`PoolClosed`."""
+        self.closed = True
+        for name, event in list(self._waiters.items()):
+            self.ledger.withdraw(name)
+            event.set()
+        self._on_change()
+
+    def _dispatch(self) -> None:
+        if not self.closed:
+            now = trio.current_time()
+            for grant in self.ledger.grant():
+                self._granted[grant.connection] = grant.slots
+                waited = now - self._hungry_since.pop(grant.connection, now)
+                self._on_grant(grant, waited)
+                event = self._waiters.get(grant.connection)
+                if event is None:  # the ledger only grants hungry connections, who all wait
+                    log.error("grant for %s with no waiter; releasing", grant.connection)
+                    self._granted.pop(grant.connection)
+                    self.ledger.release(grant.connection)
+                    continue
+                event.set()
+        self._on_change()

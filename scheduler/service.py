@@ -1,0 +1,228 @@
+"""The service: one trio nursery that wires config → connections ⇄ pool → executor.
+
+Lifecycle::
+
+    start:  load every connection's state file; re-reserve the capacity of unresolved
+            request keys and count tasks left running by a dead process, all before
+            the first grant; serve /metrics; start one loop per connection.
+    stop:   (request_stop, e.g. SIGTERM) no more grants; loops without an unresolved
+            key end at once; unresolved keys keep being retried for a bounded time
+            (their tasks may already be assigned); running tasks finish, for at most
+            ``shutdown_timeout``, then are cancelled and reported cancelled.
+    abort:  (a second SIGTERM) cancel running tasks now; they are still reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import attrs
+import trio
+
+from scheduler import __version__
+from scheduler.config import Config, ConnectionSettings
+from scheduler.connection import ConnectionLoop, Phase
+from scheduler.executor import Executor
+from scheduler.executor.host import HostExecutor
+from scheduler.http import make_app, serve_http
+from scheduler.keys import KeyStore
+from scheduler.metrics import Metrics
+from scheduler.pool import SlotPool
+from scheduler.protocol import RunnerClient, ssl_context
+from scheduler.slots import Grant, SlotLedger
+
+log = logging.getLogger(__name__)
+
+ClientFactory = Callable[[ConnectionSettings, float], RunnerClient]
+
+
+def default_client(settings: ConnectionSettings, timeout: float) -> RunnerClient:
+    if settings.insecure:
+        log.warning(
+            "connection %s: TLS certificate verification is OFF (insecure = true)", settings.name
+        )
+    ca = str(settings.ca_file) if settings.ca_file else None
+    return RunnerClient(
+        settings.url,
+        uuid=settings.uuid,
+        token=settings.token,
+        timeout=timeout,
+        verify=ssl_context(ca, settings.insecure),
+    )
+
+
+@attrs.frozen
+class Started:
+    """What ``run`` reports once it serves: the bound metrics address, if any."""
+
+    metrics_address: tuple[str, int] | None
+
+
+class Service:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        executor: Executor | None = None,
+        client_factory: ClientFactory = default_client,
+        seed: int | None = None,
+    ) -> None:
+        self.config = config
+        runner = config.runner
+        self.executor = executor or HostExecutor(Path(runner.state_dir) / "work")
+        self.client_factory = client_factory
+        self.rng = random.Random(seed)
+        names = [c.name for c in config.connections]
+        self.metrics = Metrics(capacity=runner.capacity, connections=names, version=__version__)
+        self.ledger = SlotLedger(runner.capacity)
+        for c in config.connections:
+            self.ledger.add(c.name, weight=c.weight, min_slots=c.min_slots, max_slots=c.max_slots)
+            self.metrics.add_connection(
+                c.name, weight=c.weight, min_slots=c.min_slots, max_slots=c.max_slots
+            )
+        self.pool = SlotPool(self.ledger, on_change=self._export_slots, on_grant=self._on_grant)
+        self.stores = {c.name: KeyStore(Path(runner.state_dir), c.name) for c in config.connections}
+        self.loops: dict[str, ConnectionLoop] = {}
+        self.phase = "starting"
+        self._stop = trio.Event()
+        self._task_scopes: dict[str, trio.CancelScope] = {}
+        self._orphans: dict[str, list[tuple[int, bool]]] = {}
+        self._drain_deadline = float("inf")
+
+    # --- control --------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Graceful: drain (see module docstring). Safe to call more than once."""
+        if not self._stop.is_set():
+            log.info("shutting down: no new tasks; waiting for running tasks "
+                     "(at most %gs)", self.config.runner.shutdown_timeout)
+        self._stop.set()
+
+    def abort(self) -> None:
+        """Cancel running tasks now (they are still reported to their servers)."""
+        log.warning("cancelling every running task now")
+        self._stop.set()
+        for scope in self._task_scopes.values():
+            scope.cancel()
+
+    # --- health (scheduler.http.HealthSource) ----------------------------------------
+
+    def live(self) -> bool:
+        return self.phase in ("starting", "running", "draining")
+
+    def ready(self) -> bool:
+        return self.phase == "running" and any(loop.declared for loop in self.loops.values())
+
+    def status(self) -> Mapping[str, object]:
+        return {
+            "phase": self.phase,
+            "capacity": self.ledger.capacity,
+            "free": self.ledger.free,
+            "connections": {
+                name: {
+                    "phase": loop.phase.value,
+                    "up": loop.up,
+                    "running": self.ledger.running(name),
+                    "reserved": self.ledger.reserved(name),
+                    "last_error": loop.last_error or None,
+                }
+                for name, loop in self.loops.items()
+            },
+        }
+
+    # --- the run --------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        """Before any grant: unresolved keys get their slots back, orphans are counted."""
+        for name, store in self.stores.items():
+            state = store.load()
+            if state.pending is not None:
+                got = self.pool.restore(name, state.pending.task_capacity)
+                log.info(
+                    "connection %s: found an unresolved request key (task capacity %d); "
+                    "%d slot(s) reserved for its retry",
+                    name, state.pending.task_capacity, got,
+                )
+            if state.running:
+                held = self.pool.adopt(name, len(state.running))
+                self._orphans[name] = [(t, i < held) for i, t in enumerate(state.running)]
+
+    async def run(self, *, task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED) -> None:
+        self._restore()
+        async with trio.open_nursery() as root:
+            address = None
+            listen = self.config.metrics
+            if listen.enabled:
+                app = make_app(self.metrics.registry, self)
+                address = await root.start(serve_http, app, listen.host, listen.port)
+                log.info("metrics and health on http://%s:%d/metrics", *address)
+            async with trio.open_nursery() as conns:
+                for c in self.config.connections:
+                    conns.start_soon(self._connection_main, c, name=f"connection-{c.name}")
+                self.phase = "running"
+                task_status.started(Started(address))
+                await self._stop.wait()
+                self.phase = "draining"
+                self._begin_drain(root)
+            self.phase = "stopped"
+            log.info("stopped: every task is finished and reported")
+            root.cancel_scope.cancel()
+
+    def _begin_drain(self, root: trio.Nursery) -> None:
+        self.pool.close()
+        runner = self.config.runner
+        self._drain_deadline = trio.current_time() + runner.shutdown_timeout
+        for loop in self.loops.values():
+            loop.resolve_deadline = self._drain_deadline
+            loop.stopping.set()
+        root.start_soon(self._shutdown_watchdog, runner.shutdown_timeout)
+
+    async def _shutdown_watchdog(self, timeout: float) -> None:
+        await trio.sleep(timeout)
+        running = sum(self.ledger.running(n) for n in self.loops)
+        if running:
+            log.warning("shutdown_timeout (%gs) reached: cancelling %d running task(s)",
+                        timeout, running)
+        for scope in self._task_scopes.values():
+            scope.cancel()
+
+    async def _connection_main(self, settings: ConnectionSettings) -> None:
+        name = settings.name
+        async with self.client_factory(settings, self.config.runner.fetch_timeout) as client:
+            loop = ConnectionLoop(
+                settings=settings,
+                runner=self.config.runner,
+                client=client,
+                pool=self.pool,
+                store=self.stores[name],
+                executor=self.executor,
+                metrics=self.metrics,
+                rng=random.Random(self.rng.random()),
+            )
+            self.loops[name] = loop
+            if self._stop.is_set():  # stopped before this loop got going
+                loop.resolve_deadline = self._drain_deadline
+                loop.stopping.set()
+            async with trio.open_nursery() as tasks:
+                self._task_scopes[name] = tasks.cancel_scope
+                for task_id, holds_slot in self._orphans.pop(name, []):
+                    tasks.start_soon(loop.report_orphan, task_id, holds_slot)
+                await loop.run(tasks)
+            loop.phase = Phase.STOPPED
+
+    # --- metrics --------------------------------------------------------------------
+
+    def _on_grant(self, grant: Grant, waited: float) -> None:
+        self.metrics.slot_wait_seconds.labels(grant.connection).observe(waited)
+
+    def _export_slots(self) -> None:
+        m, led = self.metrics, self.ledger
+        shares = led.fair_shares()
+        for name in led.names:
+            m.slots_held.labels(name).set(led.held(name))
+            m.slots_reserved.labels(name).set(led.reserved(name))
+            m.fair_share_slots.labels(name).set(shares[name])
+        m.fairness_jain_index.set(led.jain_index())
