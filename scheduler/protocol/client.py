@@ -15,6 +15,7 @@ Failures come out as two kinds, because the fetch loop must tell them apart:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 from collections.abc import Callable, Mapping
@@ -208,15 +209,21 @@ class RunnerClient:
         return self._interpret(method, resp, raw)
 
     async def _read_limited(self, resp: httpx.Response) -> bytes:
+        declared = resp.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_response_bytes:
+            raise TransportFailure(
+                "oversized", f"answer of {declared} bytes, limit {self.max_response_bytes}"
+            )
         chunks: list[bytes] = []
         size = 0
-        async for chunk in resp.aiter_bytes():
-            size += len(chunk)
-            if size > self.max_response_bytes:
-                raise TransportFailure(
-                    "oversized", f"answer larger than {self.max_response_bytes} bytes"
-                )
-            chunks.append(chunk)
+        async with contextlib.aclosing(resp.aiter_bytes()) as body:
+            async for chunk in body:
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise TransportFailure(
+                        "oversized", f"answer larger than {self.max_response_bytes} bytes"
+                    )
+                chunks.append(chunk)
         return b"".join(chunks)
 
     def _interpret(self, method: str, resp: httpx.Response, raw: bytes) -> Any:
