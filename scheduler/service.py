@@ -83,7 +83,9 @@ class Service:
             self.metrics.add_connection(
                 c.name, weight=c.weight, min_slots=c.min_slots, max_slots=c.max_slots
             )
-        self.pool = SlotPool(self.ledger, on_change=self._export_slots, on_grant=self._on_grant)
+        # Called after every change of the ledger (the demo's sampler listens here).
+        self.slot_listeners: list[Callable[[], None]] = [self._export_slots]
+        self.pool = SlotPool(self.ledger, on_change=self._slots_changed, on_grant=self._on_grant)
         self.stores = {c.name: KeyStore(Path(runner.state_dir), c.name) for c in config.connections}
         self.loops: dict[str, ConnectionLoop] = {}
         self.phase = "starting"
@@ -214,6 +216,10 @@ class Service:
             loop.phase = Phase.STOPPED
 
     # --- metrics --------------------------------------------------------------------
+
+    def _slots_changed(self) -> None:
+        for listener in self.slot_listeners:
+            listener()
 
     def _on_grant(self, grant: Grant, waited: float) -> None:
         self.metrics.slot_wait_seconds.labels(grant.connection).observe(waited)

@@ -1,0 +1,25 @@
+"""The house rules, checked with the tests: ruff on everything, mypy --strict on scheduler/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+
+
+def test_ruff_clean() -> None:
+    proc = run("ruff", "check", "scheduler", "tests", "bench", "grafana")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_mypy_strict_clean() -> None:
+    proc = run("mypy", "--strict", "scheduler")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
