@@ -175,14 +175,18 @@ def parse_string_map(value: Any, where: str) -> dict[str, str]:
 
 
 def parse_result(value: Any, where: str) -> Result:
-    """Enum by name (``"RESULT_SUCCESS"``) or number; unknown numbers are kept out (invalid)."""
+    """Enum by name (``"RESULT_SUCCESS"``) or number.
+
+    An unknown *name* reads as the default, as protojson does with ``DiscardUnknown``
+    (which connect-go sets); an unknown *number* is refused rather than stored.
+    """
     if value is None:
         return Result.UNSPECIFIED
     if isinstance(value, str):
         name = value.removeprefix("RESULT_")
         if value.startswith("RESULT_") and name in Result.__members__:
             return Result[name]
-        raise invalid(f"{where}: unknown enum value {value!r}")
+        return Result.UNSPECIFIED
     number = parse_int64(value, where)
     try:
         return Result(number)

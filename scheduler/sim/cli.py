@@ -1,0 +1,151 @@
+"""``forgejo-scheduler sim``: run the simulator as a stand-alone server.
+
+Meant for trying the runner by hand (``--write-config`` produces a config pointing at
+every instance) and for benchmarks driven from a shell. It serves until SIGINT/SIGTERM,
+prints a one-line ledger summary every few seconds and the full ledger (JSON) on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from scheduler.sim.faults import FaultPlan
+from scheduler.sim.instance import NAME_RE, InstanceSpec
+from scheduler.sim.server import Simulator
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"not a probability in [0, 1]: {text}")
+    return value
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if not NAME_RE.match(n)]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected distinct names like a,b,c: {text!r}")
+    return names
+
+
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH: {text!r}") from None
+    if not 0 <= low <= high:
+        raise argparse.ArgumentTypeError(f"expected 0 <= LOW <= HIGH: {text!r}")
+    return low, high
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", type=_listen, default=("127.0.0.1", 0), metavar="HOST:PORT")
+    parser.add_argument("--instances", type=_names, default=["a"], metavar="a,b,c")
+    parser.add_argument("--forgejo14", action="store_true", help="Forgejo 14: no request keys")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rate", type=float, default=0.5, help="jobs/s per instance")
+    parser.add_argument("--duration-range", type=_pair, default=(0.5, 3.0), metavar="LOW,HIGH")
+    parser.add_argument("--max-jobs", type=int, default=None, help="per instance")
+    parser.add_argument("--zombie-timeout", type=float, default=600.0, metavar="SECONDS")
+    faults = parser.add_argument_group("faults (FetchTask unless named otherwise)")
+    faults.add_argument("--drop-after-assign", type=_probability, default=0.0, metavar="P")
+    faults.add_argument("--error-5xx", type=_probability, default=0.0, metavar="P")
+    faults.add_argument("--internal-error", type=_probability, default=0.0, metavar="P")
+    faults.add_argument("--reset-before-assign", type=_probability, default=0.0, metavar="P")
+    faults.add_argument("--delay", type=float, default=0.0, metavar="SECONDS")
+    faults.add_argument(
+        "--stall", type=_pair, action="append", default=[], metavar="START,END",
+        help="seconds after start during which FetchTask never answers (repeatable)",
+    )  # fmt: skip
+    faults.add_argument("--fail-update-log", type=_probability, default=0.0, metavar="P")
+    faults.add_argument("--fail-update-task", type=_probability, default=0.0, metavar="P")
+    cfg = parser.add_argument_group("runner config")
+    cfg.add_argument("--write-config", type=Path, default=None, metavar="PATH")
+    cfg.add_argument("--capacity", type=int, default=4)
+    cfg.add_argument("--state-dir", type=Path, default=None, help="default: next to the config")
+    cfg.add_argument("--fetch-interval", default="1s")
+    parser.add_argument("--summary-interval", type=float, default=5.0, metavar="SECONDS")
+
+
+def build_simulator(args: argparse.Namespace) -> Simulator:
+    plan = FaultPlan(
+        drop_after_assign=args.drop_after_assign,
+        error_5xx=args.error_5xx,
+        internal_error=args.internal_error,
+        reset_before_assign=args.reset_before_assign,
+        delay=args.delay,
+        stall_windows=tuple(args.stall),
+        fail_update_log=args.fail_update_log,
+        fail_update_task=args.fail_update_task,
+    )
+    specs = [
+        InstanceSpec(
+            name,
+            forgejo14=args.forgejo14,
+            faults=plan,
+            rate=args.rate,
+            duration_range=args.duration_range,
+            max_jobs=args.max_jobs,
+            zombie_timeout=args.zombie_timeout if args.zombie_timeout > 0 else None,
+        )
+        for name in args.instances
+    ]
+    return Simulator(specs, seed=args.seed)
+
+
+async def _main(args: argparse.Namespace) -> None:
+    sim = build_simulator(args)
+    host, port = args.listen
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sim.serve, host, port)
+            mode = "Forgejo 14" if args.forgejo14 else "Forgejo 15"
+            print(f"simulator ({mode}, seed {args.seed}) serving:", flush=True)
+            for name in sim.instances:
+                print(f"  {name}: {sim.base_url(name)}", flush=True)
+            if args.write_config is not None:
+                state_dir = args.state_dir or args.write_config.parent / "state"
+                path = sim.write_runner_config(
+                    args.write_config,
+                    capacity=args.capacity,
+                    state_dir=state_dir,
+                    fetch_interval=args.fetch_interval,
+                )
+                print(f"runner config written to {path}", flush=True)
+
+            async def summaries() -> None:
+                while True:
+                    await trio.sleep(args.summary_interval)
+                    print(f"ledger: {sim.ledger.summary()}", flush=True)
+
+            nursery.start_soon(summaries)
+            async for signum in signals:
+                print(f"received {signal.Signals(signum).name}, stopping", flush=True)
+                nursery.cancel_scope.cancel()
+                break
+    print(json.dumps({"ledger": sim.ledger.snapshot()}, indent=2), flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    failed = False
+    try:
+        trio.run(_main, args)
+    except* OSError as group:  # e.g. the port is taken
+        for exc in group.exceptions:
+            print(f"sim: {exc}", file=sys.stderr)
+        failed = True
+    return 1 if failed else 0
