@@ -68,6 +68,7 @@ class HttpServer:
         self._handler = handler
         self._gzip_min = gzip_min_bytes
         self.connections_accepted = 0
+        self.connections_open = 0
 
     async def serve(
         self,
@@ -84,6 +85,7 @@ class HttpServer:
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         self.connections_accepted += 1
+        self.connections_open += 1
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
@@ -119,6 +121,7 @@ class HttpServer:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
         finally:
+            self.connections_open -= 1
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.aclose()
 

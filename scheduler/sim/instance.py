@@ -298,6 +298,10 @@ class SimInstance:
         self._bump_version()
         return job.id
 
+    def set_faults(self, plan: FaultPlan) -> None:
+        """Change the fault plan mid-run (same random stream), e.g. to end an outage."""
+        self.faults.plan = plan
+
     def cancel_job(self, job_id: int) -> bool:
         """Cancel a job still waiting in the queue (no task yet)."""
         job = self._waiting.pop(job_id, None)
