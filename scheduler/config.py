@@ -1,0 +1,841 @@
+"""The configuration file: one TOML file, validated completely before anything starts.
+
+Why so strict: this process holds tokens for several Forgejo instances and a fixed
+number of slots on a machine. A typo that silently falls back to a default (``max_slot``
+instead of ``max_slots``, ``weight = true``) would show up hours later as an unfair or
+overloaded runner, so every problem is a :class:`ConfigError` at start-up whose message
+names the file, the dotted key and what was expected, e.g.::
+
+    config.toml: connections.codeberg.max_slots: expected an integer between 1
+    and capacity (4), got 7
+
+Unknown keys are errors too (with a "did you mean" from :mod:`difflib`).
+
+Tokens are secrets: a token value is never part of an error message, a ``repr`` or the
+output of :func:`render_config`; only where it came from (``token_source``) is shown.
+
+Layout (``config.toml`` in the repository root is the commented example, and
+``docs/configuration.md`` the reference)::
+
+    [runner]                 capacity, fetch_interval, fetch_timeout, report_interval,
+                             shutdown_timeout, state_dir, labels
+    [metrics]                listen, enabled
+    [connections.<name>]     url, uuid, token_file | token_env | token, labels, weight,
+                             min_slots, max_slots, fetch_interval, ca_file, insecure
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import re
+import stat
+import string
+import tomllib
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+import attrs
+
+from scheduler.durations import describe_value, format_duration, parse_duration
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ConnectionSettings",
+    "MetricsSettings",
+    "RunnerSettings",
+    "config_warnings",
+    "load_config",
+    "parse_config",
+    "render_config",
+    "token_file_warning",
+]
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message already names file, key and expectation,
+    so callers print it as is (no traceback) and exit."""
+
+
+# ---------------------------------------------------------------------------------------
+# The values
+
+
+@attrs.frozen(kw_only=True)
+class RunnerSettings:
+    """Process-wide settings from ``[runner]``; durations are seconds."""
+
+    capacity: int
+    fetch_interval: float = 2.0
+    fetch_timeout: float = 30.0
+    report_interval: float = 1.0
+    #: How long a graceful shutdown waits for running tasks before cancelling them.
+    #: Ten minutes: long enough for typical CI jobs to finish on a deploy/restart,
+    #: short enough that a stuck job does not block a host reboot indefinitely.
+    shutdown_timeout: float = 600.0
+    #: Absolute; the file's default is ``state`` next to the config file.
+    state_dir: Path
+    #: Labels for connections that do not set their own.
+    labels: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class MetricsSettings:
+    """The Prometheus endpoint from ``[metrics]``; port 0 asks the OS for a free port."""
+
+    host: str = "127.0.0.1"
+    port: int = 9464
+    enabled: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class ConnectionSettings:
+    """One Forgejo instance (one runner registration) from ``[connections.<name>]``.
+
+    ``token`` is the secret itself and is deliberately left out of ``repr``; use
+    ``token_source`` ("file:/abs/path", "env:NAME" or "config") when talking about it.
+    """
+
+    name: str
+    url: str
+    uuid: str
+    token: str = attrs.field(repr=False)
+    token_source: str
+    labels: tuple[str, ...]
+    weight: float = 1.0
+    min_slots: int = 0
+    max_slots: int
+    fetch_interval: float
+    ca_file: Path | None = None
+    insecure: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """The whole, validated configuration."""
+
+    source: Path
+    runner: RunnerSettings
+    metrics: MetricsSettings
+    connections: tuple[ConnectionSettings, ...]
+
+
+# ---------------------------------------------------------------------------------------
+# Schema: which keys exist where (for unknown-key errors and "did you mean")
+
+_TOP_KEYS = ("runner", "metrics", "connections")
+_RUNNER_KEYS = (
+    "capacity",
+    "fetch_interval",
+    "fetch_timeout",
+    "report_interval",
+    "shutdown_timeout",
+    "state_dir",
+    "labels",
+)
+_METRICS_KEYS = ("listen", "enabled")
+_TOKEN_KEYS = ("token_file", "token_env", "token")
+_CONNECTION_KEYS = (
+    "url",
+    "uuid",
+    *_TOKEN_KEYS,
+    "labels",
+    "weight",
+    "min_slots",
+    "max_slots",
+    "fetch_interval",
+    "ca_file",
+    "insecure",
+)
+_SECTIONS: dict[str, tuple[str, ...]] = {
+    "[runner]": _RUNNER_KEYS,
+    "[metrics]": _METRICS_KEYS,
+    "[connections.<name>]": _CONNECTION_KEYS,
+}
+
+#: Connection names become file names (state) and metric label values.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HOSTNAME_RE = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+_DEFAULT_RUNNER = RunnerSettings(capacity=1, state_dir=Path("state"))
+_DEFAULT_METRICS = MetricsSettings()
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate the TOML file at ``path``.
+
+    ``env`` (default :data:`os.environ`) is where ``token_env`` variables are looked
+    up; tests pass a dict. Relative paths in the file (``state_dir``, ``token_file``,
+    ``ca_file``) are relative to the file's directory, not the working directory, so
+    the service behaves the same whether started by systemd or by hand.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: expected a configuration file, got a directory") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: cannot read configuration file: permission denied") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read configuration file: {exc.strerror or exc}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: invalid TOML: not UTF-8 (byte {exc.start} of the file)"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message carries "(at line N, column M)".
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return parse_config(data, source=path, env=env)
+
+
+def parse_config(
+    data: Mapping[str, Any], *, source: Path, env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate already-parsed TOML ``data``; ``source`` names it in messages and anchors
+    relative paths (``Path("<memory>")`` anchors them at the working directory).
+
+    Order matters for the operator: every structural problem (unknown keys, types,
+    ranges, slot arithmetic, duplicates) is reported before secrets are read, so a
+    typo is not hidden behind "environment variable X is not set".
+    """
+    p = _Parser(source, os.environ if env is None else env)
+    return p.parse(data)
+
+
+class _Parser:
+    def __init__(self, source: Path, env: Mapping[str, str]) -> None:
+        self.source = source
+        self.env = env
+        base = source.parent if source.name != "<memory>" else Path(".")
+        self.base_dir = Path(os.path.abspath(base))
+
+    # -- errors -------------------------------------------------------------------------
+
+    def fail(self, key: str, message: str) -> NoReturn:
+        raise ConfigError(f"{self.source}: {key}: {message}")
+
+    def check_keys(self, table: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
+        """Reject keys not in ``allowed``, suggesting a close spelling or the right table."""
+        for key in table:
+            if key in allowed:
+                continue
+            dotted = f"{prefix}.{key}" if prefix else key
+            hint = ""
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            if close:
+                hint = f" (did you mean {close[0]!r}?)"
+            else:
+                homes = [sec for sec, keys in _SECTIONS.items() if key in keys]
+                if homes:
+                    hint = f" ({key!r} belongs in {' or '.join(homes)})"
+            where = f"in [{prefix}]" if prefix else "at the top level"
+            valid = ", ".join(allowed)
+            self.fail(dotted, f"unknown key {where}{hint}; valid keys: {valid}")
+
+    def table(self, data: Mapping[str, Any], key: str, dotted: str) -> Mapping[str, Any]:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            self.fail(dotted, f"expected a table [{dotted}], got {describe_value(value)}")
+        return value
+
+    # -- scalar readers -----------------------------------------------------------------
+
+    def integer(
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        dotted: str,
+        *,
+        lo: int,
+        hi: int | None,
+        default: int | None,
+        expected: str,
+    ) -> int:
+        if key not in table:
+            if default is None:
+                self.fail(dotted, f"missing; expected {expected}")
+            return default
+        value = table[key]
+        # bool is an int subclass in Python; `capacity = true` must not mean 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(dotted, f"expected {expected}, got {describe_value(value)}")
+        if value < lo or (hi is not None and value > hi):
+            self.fail(dotted, f"expected {expected}, got {value}")
+        return value
+
+    def number(self, table: Mapping[str, Any], key: str, dotted: str, *, default: float) -> float:
+        if key not in table:
+            return default
+        value = table[key]
+        expected = "a number greater than 0"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(dotted, f"expected {expected}, got {describe_value(value)}")
+        if not math.isfinite(value) or value <= 0:
+            self.fail(dotted, f"expected {expected}, got {value}")
+        return float(value)
+
+    def boolean(self, table: Mapping[str, Any], key: str, dotted: str, *, default: bool) -> bool:
+        if key not in table:
+            return default
+        value = table[key]
+        if not isinstance(value, bool):
+            self.fail(dotted, f"expected true or false, got {describe_value(value)}")
+        return value
+
+    def text(self, table: Mapping[str, Any], key: str, dotted: str, *, secret: bool = False) -> str:
+        """A required non-blank string. ``secret`` keeps the value out of the message."""
+        if key not in table:
+            self.fail(dotted, "missing; expected a non-empty string")
+        value = table[key]
+        if not isinstance(value, str):
+            got = _type_only(value) if secret else describe_value(value)
+            self.fail(dotted, f"expected a non-empty string, got {got}")
+        if not value.strip():
+            self.fail(dotted, "expected a non-empty string, got an empty string")
+        return value.strip()
+
+    def duration(
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        dotted: str,
+        *,
+        default: float,
+        allow_zero: bool,
+    ) -> float:
+        if key not in table:
+            return default
+        try:
+            seconds = parse_duration(table[key], where=dotted)
+        except ValueError as exc:
+            raise ConfigError(f"{self.source}: {exc}") from None
+        if seconds == 0 and not allow_zero:
+            got = describe_value(table[key])
+            self.fail(dotted, f"expected a duration greater than 0, got {got}")
+        return seconds
+
+    def labels(self, table: Mapping[str, Any], key: str, dotted: str) -> tuple[str, ...] | None:
+        """A label list, or None when absent (so connections can inherit runner.labels)."""
+        if key not in table:
+            return None
+        value = table[key]
+        expected = 'an array of label strings like ["debian:host"]'
+        if not isinstance(value, list):
+            self.fail(dotted, f"expected {expected}, got {describe_value(value)}")
+        seen: dict[str, str] = {}
+        out: list[str] = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item.strip():
+                self.fail(
+                    f"{dotted}[{i}]",
+                    f"expected a non-empty label string, got {describe_value(item)}",
+                )
+            label = item.strip()
+            if any(c.isspace() for c in label) or "," in label:
+                self.fail(
+                    f"{dotted}[{i}]",
+                    f"expected a label without spaces or commas, got {describe_value(item)}",
+                )
+            # A job's runs-on matches the name before the first ":"; two labels with
+            # the same name would make the schema/image it runs with ambiguous.
+            name = label.split(":", 1)[0]
+            if name in seen:
+                self.fail(
+                    f"{dotted}[{i}]",
+                    f"duplicate label name {name!r} (already given as {seen[name]!r})",
+                )
+            seen[name] = label
+            out.append(label)
+        return tuple(out)
+
+    def path(self, raw: str) -> Path:
+        """A path from the file, relative ones anchored at the config file's directory."""
+        return Path(os.path.abspath(self.base_dir / Path(raw).expanduser()))
+
+    # -- sections -----------------------------------------------------------------------
+
+    def parse(self, data: Mapping[str, Any]) -> Config:
+        self.check_keys(data, _TOP_KEYS, "")
+        if "runner" not in data:
+            self.fail("runner", "missing table [runner] (it needs at least capacity = N)")
+        runner = self.runner(self.table(data, "runner", "runner"))
+        metrics = self.metrics(self.table(data, "metrics", "metrics"))
+        conns = self.table(data, "connections", "connections")
+        if not conns:
+            self.fail(
+                "connections",
+                "no connections configured; add at least one "
+                "[connections.<name>] table with url, uuid and a token",
+            )
+        drafts = [self.connection(name, value, runner) for name, value in conns.items()]
+        self.cross_check(drafts, runner)
+        connections = []
+        for draft in drafts:
+            token, token_source = self.token(draft["name"], conns[draft["name"]])
+            connections.append(ConnectionSettings(**draft, token=token, token_source=token_source))
+        return Config(
+            source=self.source, runner=runner, metrics=metrics, connections=tuple(connections)
+        )
+
+    def runner(self, t: Mapping[str, Any]) -> RunnerSettings:
+        self.check_keys(t, _RUNNER_KEYS, "runner")
+        d = _DEFAULT_RUNNER
+        capacity = self.integer(
+            t,
+            "capacity",
+            "runner.capacity",
+            lo=1,
+            hi=None,
+            default=None,
+            expected="an integer >= 1 (the number of tasks run at once)",
+        )
+        state_dir = self.path("state")
+        if "state_dir" in t:
+            state_dir = self.path(self.text(t, "state_dir", "runner.state_dir"))
+        if state_dir.exists() and not state_dir.is_dir():
+            self.fail("runner.state_dir", f"expected a directory, but {state_dir} is not one")
+        return RunnerSettings(
+            capacity=capacity,
+            fetch_interval=self.duration(
+                t,
+                "fetch_interval",
+                "runner.fetch_interval",
+                default=d.fetch_interval,
+                allow_zero=False,
+            ),
+            fetch_timeout=self.duration(
+                t,
+                "fetch_timeout",
+                "runner.fetch_timeout",
+                default=d.fetch_timeout,
+                allow_zero=False,
+            ),
+            report_interval=self.duration(
+                t,
+                "report_interval",
+                "runner.report_interval",
+                default=d.report_interval,
+                allow_zero=False,
+            ),
+            shutdown_timeout=self.duration(
+                t,
+                "shutdown_timeout",
+                "runner.shutdown_timeout",
+                default=d.shutdown_timeout,
+                allow_zero=True,
+            ),
+            state_dir=state_dir,
+            labels=self.labels(t, "labels", "runner.labels") or (),
+        )
+
+    def metrics(self, t: Mapping[str, Any]) -> MetricsSettings:
+        self.check_keys(t, _METRICS_KEYS, "metrics")
+        d = _DEFAULT_METRICS
+        enabled = self.boolean(t, "enabled", "metrics.enabled", default=True)
+        if "listen" not in t:
+            return MetricsSettings(host=d.host, port=d.port, enabled=enabled)
+        listen = t["listen"]
+        expected = 'an address "host:port" (e.g. "127.0.0.1:9464", "[::1]:9464") or "" to disable'
+        if not isinstance(listen, str):
+            self.fail("metrics.listen", f"expected {expected}, got {describe_value(listen)}")
+        if not listen.strip():
+            return MetricsSettings(host=d.host, port=d.port, enabled=False)
+        parsed = _parse_listen(listen.strip())
+        if parsed is None:
+            self.fail("metrics.listen", f"expected {expected}, got {describe_value(listen)}")
+        host, port = parsed
+        return MetricsSettings(host=host, port=port, enabled=enabled)
+
+    def connection(self, name: str, t: object, runner: RunnerSettings) -> dict[str, Any]:
+        """Everything about one connection except its token (read later, see parse_config)."""
+        prefix = f"connections.{name}"
+        if not isinstance(t, dict):
+            self.fail(
+                prefix,
+                f"expected a table [connections.{name}] for a connection, got "
+                f"{describe_value(t)} (is a key of a connection outside its table?)",
+            )
+        if not _NAME_RE.fullmatch(name):
+            self.fail(
+                prefix,
+                "invalid connection name: expected 1-64 characters of letters, "
+                "digits, '_', '.', '-', starting with a letter or digit (it is used as a "
+                f"file name and a metrics label), got {describe_value(name)}",
+            )
+        self.check_keys(t, _CONNECTION_KEYS, prefix)
+
+        url = self.url(t, f"{prefix}.url")
+        uuid = self.text(t, "uuid", f"{prefix}.uuid")
+        present = [k for k in _TOKEN_KEYS if k in t]
+        if len(present) != 1:
+            got = "none" if not present else " and ".join(present)
+            self.fail(prefix, f"expected exactly one of token_file, token_env or token, got {got}")
+
+        labels = self.labels(t, "labels", f"{prefix}.labels")
+        if labels is None:
+            labels = runner.labels
+        if not labels:
+            self.fail(
+                f"{prefix}.labels",
+                "no labels: set labels here or runner.labels "
+                "(a runner without labels is offered no jobs)",
+            )
+
+        cap = runner.capacity
+        max_slots = self.integer(
+            t,
+            "max_slots",
+            f"{prefix}.max_slots",
+            lo=1,
+            hi=cap,
+            default=cap,
+            expected=f"an integer between 1 and capacity ({cap})",
+        )
+        min_slots = self.integer(
+            t,
+            "min_slots",
+            f"{prefix}.min_slots",
+            lo=0,
+            hi=None,
+            default=0,
+            expected="an integer >= 0",
+        )
+        if min_slots > max_slots:
+            self.fail(
+                f"{prefix}.min_slots",
+                f"expected an integer between 0 and max_slots ({max_slots}), got {min_slots}",
+            )
+
+        ca_file: Path | None = None
+        if "ca_file" in t:
+            ca_file = self.path(self.text(t, "ca_file", f"{prefix}.ca_file"))
+            if not ca_file.is_file():
+                what = "is not a file" if ca_file.exists() else "does not exist"
+                self.fail(f"{prefix}.ca_file", f"expected a PEM file, but {ca_file} {what}")
+        insecure = self.boolean(t, "insecure", f"{prefix}.insecure", default=False)
+        if insecure and ca_file is not None:
+            self.fail(
+                f"{prefix}.insecure",
+                "insecure = true skips TLS verification, so "
+                "ca_file would be ignored; set only one of them",
+            )
+
+        return {
+            "name": name,
+            "url": url,
+            "uuid": uuid,
+            "labels": labels,
+            "weight": self.number(t, "weight", f"{prefix}.weight", default=1.0),
+            "min_slots": min_slots,
+            "max_slots": max_slots,
+            "fetch_interval": self.duration(
+                t,
+                "fetch_interval",
+                f"{prefix}.fetch_interval",
+                default=runner.fetch_interval,
+                allow_zero=False,
+            ),
+            "ca_file": ca_file,
+            "insecure": insecure,
+        }
+
+    def url(self, t: Mapping[str, Any], dotted: str) -> str:
+        expected = 'an http:// or https:// URL with a host, like "https://forgejo.example"'
+        raw = self.text(t, "url", dotted)
+        parts = urllib.parse.urlsplit(raw)
+        if parts.username is not None or parts.password is not None:
+            # Not echoed: the URL holds a credential.
+            self.fail(
+                dotted,
+                "credentials in the URL are not supported (and not shown); "
+                "authenticate with token_file, token_env or token",
+            )
+        if parts.query or parts.fragment:
+            # Not echoed either: a query string is another place people put tokens.
+            self.fail(dotted, f"expected {expected} without ?query or #fragment (value not shown)")
+        if parts.scheme.lower() not in ("http", "https"):
+            self.fail(dotted, f"expected {expected}, got {describe_value(raw)}")
+        if not parts.hostname:
+            self.fail(dotted, f"expected {expected}, got {describe_value(raw)} (no host)")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            self.fail(dotted, f"expected {expected}, got {describe_value(raw)} (bad port)")
+        return raw.rstrip("/")
+
+    def cross_check(self, drafts: list[dict[str, Any]], runner: RunnerSettings) -> None:
+        """Rules that involve several connections at once."""
+        by_folded: dict[str, str] = {}
+        by_target: dict[tuple[str, str], str] = {}
+        for d in drafts:
+            name = d["name"]
+            folded = name.casefold()
+            if folded in by_folded:
+                self.fail(
+                    f"connections.{name}",
+                    f"name clashes with connections."
+                    f"{by_folded[folded]} (names are file names and must differ in more "
+                    "than letter case)",
+                )
+            by_folded[folded] = name
+            target = (d["url"].casefold(), d["uuid"])
+            if target in by_target:
+                self.fail(
+                    f"connections.{name}",
+                    f"same url and uuid as connections."
+                    f"{by_target[target]}: one runner registration must be configured "
+                    "once, or the two would fetch as the same runner",
+                )
+            by_target[target] = name
+        total = sum(d["min_slots"] for d in drafts)
+        if total > runner.capacity:
+            parts = ", ".join(f"{d['name']}={d['min_slots']}" for d in drafts if d["min_slots"])
+            self.fail(
+                "connections",
+                f"sum of min_slots ({total}: {parts}) exceeds "
+                f"runner.capacity ({runner.capacity}); guarantees must fit in capacity",
+            )
+
+    # -- secrets ------------------------------------------------------------------------
+
+    def token(self, name: str, t: Mapping[str, Any]) -> tuple[str, str]:
+        """Resolve the one token source of a connection. No message ever contains the token;
+        when a *name* (env var, file path) looks like a pasted token, it is not echoed either."""
+        prefix = f"connections.{name}"
+        if "token_file" in t:
+            dotted = f"{prefix}.token_file"
+            raw = self.text(t, "token_file", dotted, secret=True)
+            if _looks_like_token(raw) and "/" not in raw:
+                self.fail(
+                    dotted,
+                    "expected a path to a file holding the token; this value "
+                    "looks like a token itself (not shown); use token_env or token",
+                )
+            path = self.path(raw)
+            try:
+                content = path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                self.fail(dotted, f"token file {path} does not exist")
+            except IsADirectoryError:
+                self.fail(dotted, f"token file {path} is a directory")
+            except PermissionError:
+                self.fail(dotted, f"token file {path} is not readable (permission denied)")
+            except UnicodeDecodeError:
+                self.fail(dotted, f"token file {path} is not UTF-8 text")
+            except OSError as exc:
+                self.fail(dotted, f"cannot read token file {path}: {exc.strerror or 'error'}")
+            token = content.strip()
+            if not token:
+                self.fail(dotted, f"token file {path} is empty")
+            self.check_token_chars(dotted, token, f"token in file {path}")
+            return token, f"file:{path}"
+        if "token_env" in t:
+            dotted = f"{prefix}.token_env"
+            var = self.text(t, "token_env", dotted, secret=True)
+            if not _ENV_NAME_RE.fullmatch(var) or _looks_like_token(var):
+                self.fail(
+                    dotted,
+                    "expected the name of an environment variable (letters, "
+                    "digits and _, like FORGEJO_TOKEN), got a value that is not one "
+                    "(not shown, in case it is the token itself)",
+                )
+            if var not in self.env:
+                self.fail(dotted, f"environment variable {var} is not set")
+            token = self.env[var].strip()
+            if not token:
+                self.fail(dotted, f"environment variable {var} is empty")
+            self.check_token_chars(dotted, token, f"environment variable {var}")
+            return token, f"env:{var}"
+        dotted = f"{prefix}.token"
+        token = self.text(t, "token", dotted, secret=True)
+        self.check_token_chars(dotted, token, "token")
+        return token, "config"
+
+    def check_token_chars(self, dotted: str, token: str, what: str) -> None:
+        # It goes into an HTTP header; a second line in a token file is a mistake.
+        if any(c.isspace() or not c.isprintable() for c in token):
+            self.fail(
+                dotted,
+                f"{what} contains whitespace or control characters inside it "
+                "(value not shown); expected a single token",
+            )
+
+
+def _type_only(value: object) -> str:
+    """``describe_value`` without the value, for secrets."""
+    return describe_value(value).split(" (", 1)[0]
+
+
+def _looks_like_token(text: str) -> bool:
+    """Forgejo tokens are 40 hex digits; refuse to echo anything resembling one."""
+    return len(text) >= 32 and all(c in string.hexdigits for c in text)
+
+
+def _parse_listen(text: str) -> tuple[str, int] | None:
+    """``"host:port"`` or ``"[v6]:port"`` → (host, port); None if malformed."""
+    if text.startswith("["):
+        m = re.fullmatch(r"\[([^\]]+)\]:(\d{1,5})", text)
+        if m is None:
+            return None
+        host, port_text = m.group(1), m.group(2)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host or ":" in host or not re.fullmatch(r"\d{1,5}", port_text):
+            return None
+        if not _HOSTNAME_RE.fullmatch(host):
+            return None
+        if re.fullmatch(r"[\d.]+", host):  # all digits: must then be a real IPv4 address
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                return None
+    port = int(port_text)
+    if port > 65535:
+        return None
+    return host, port
+
+
+# ---------------------------------------------------------------------------------------
+# Showing and checking
+
+
+def _toml_str(text: str) -> str:
+    out = ['"']
+    for c in text:
+        if c == '"':
+            out.append('\\"')
+        elif c == "\\":
+            out.append("\\\\")
+        elif c == "\n":
+            out.append("\\n")
+        elif c == "\t":
+            out.append("\\t")
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_array(items: Iterable[str]) -> str:
+    return "[" + ", ".join(_toml_str(i) for i in items) + "]"
+
+
+def _toml_key(name: str) -> str:
+    return name if _BARE_KEY_RE.fullmatch(name) else _toml_str(name)
+
+
+def _listen(metrics: MetricsSettings) -> str:
+    host = f"[{metrics.host}]" if ":" in metrics.host else metrics.host
+    return f"{host}:{metrics.port}"
+
+
+def render_config(config: Config) -> str:
+    """The resolved config as TOML text, every default filled in, tokens shown as
+    ``"<redacted> (from env:NAME)"``. Used by ``forgejo-scheduler check-config``, so an
+    operator sees what the service will actually do (inherited labels, absolute paths,
+    normalised URLs) rather than what they think they wrote.
+
+    The output parses as TOML; it is not meant to be loaded back (tokens are redacted).
+    """
+    r = config.runner
+    m = config.metrics
+    lines = [
+        f"# Resolved configuration from {config.source} (all defaults filled in).",
+        "",
+        "[runner]",
+        f"capacity = {r.capacity}",
+        f"fetch_interval = {_toml_str(format_duration(r.fetch_interval))}",
+        f"fetch_timeout = {_toml_str(format_duration(r.fetch_timeout))}",
+        f"report_interval = {_toml_str(format_duration(r.report_interval))}",
+        f"shutdown_timeout = {_toml_str(format_duration(r.shutdown_timeout))}",
+        f"state_dir = {_toml_str(str(r.state_dir))}",
+        f"labels = {_toml_array(r.labels)}",
+        "",
+        "[metrics]",
+        f"listen = {_toml_str(_listen(m))}",
+        f"enabled = {'true' if m.enabled else 'false'}",
+    ]
+    for c in config.connections:
+        lines += [
+            "",
+            f"[connections.{_toml_key(c.name)}]",
+            f"url = {_toml_str(c.url)}",
+            f"uuid = {_toml_str(c.uuid)}",
+            f"token = {_toml_str(f'<redacted> (from {c.token_source})')}",
+            f"labels = {_toml_array(c.labels)}",
+            f"weight = {c.weight!r}",
+            f"min_slots = {c.min_slots}",
+            f"max_slots = {c.max_slots}",
+            f"fetch_interval = {_toml_str(format_duration(c.fetch_interval))}",
+            (
+                f"ca_file = {_toml_str(str(c.ca_file))}"
+                if c.ca_file is not None
+                else "# ca_file: not set (system trust store)"
+            ),
+            f"insecure = {'true' if c.insecure else 'false'}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def token_file_warning(path: Path) -> str | None:
+    """A warning if the token file at ``path`` is readable by group or others, else None.
+
+    Not an error: a root-owned 0640 file with a dedicated group can be deliberate. But
+    the usual cause is a ``umask 022`` when the file was written, which exposes the
+    runner's credential to every local user, so it is worth a line in the log.
+    A file that cannot be stat'ed gives None (loading it will already have failed).
+    """
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
+    if mode & (stat.S_IRGRP | stat.S_IROTH) == 0:
+        return None
+    who = " and ".join(
+        w for w, bit in (("group", stat.S_IRGRP), ("others", stat.S_IROTH)) if mode & bit
+    )
+    return (
+        f"token file {path} is readable by {who} (mode {mode:04o}); "
+        f"restrict it with: chmod 600 {path}"
+    )
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Things that are allowed but deserve a log line at start-up (and in check-config):
+    token files others can read, and connections that skip TLS verification."""
+    out: list[str] = []
+    for c in config.connections:
+        if c.token_source.startswith("file:"):
+            warning = token_file_warning(Path(c.token_source.removeprefix("file:")))
+            if warning:
+                out.append(f"connections.{c.name}: {warning}")
+        if c.insecure and c.url.lower().startswith("https:"):
+            out.append(
+                f"connections.{c.name}: insecure = true: TLS certificates of {c.url} "
+                "are not verified"
+            )
+    return out
