@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import errno
 import gzip
+import json
 import logging
 import os
 import socket
+import sys
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 
 import httpx
 import pytest
@@ -342,3 +345,31 @@ async def test_cancelled_during_startup_leaks_no_socket(
 )
 def test_parse_bound(bind: str, expected: tuple[str, int]) -> None:
     assert _parse_bound(bind) == expected
+
+
+# --- the container's HEALTHCHECK ------------------------------------------------------
+
+
+def _dockerfile_healthcheck() -> list[str]:
+    """The exec-form command of the Dockerfile's HEALTHCHECK, as a list."""
+    text = (Path(__file__).resolve().parent.parent / "Dockerfile").read_text(encoding="utf-8")
+    joined = text.replace("\\\n", " ")
+    line = next(ln for ln in joined.splitlines() if ln.startswith("HEALTHCHECK"))
+    command: list[str] = json.loads(line.split(" CMD ", 1)[1])
+    return command
+
+
+async def test_dockerfile_healthcheck_command_follows_healthz(
+    client: httpx.AsyncClient, health: FakeHealth
+) -> None:
+    """Run the image's HEALTHCHECK command itself against the live server (other port)."""
+    command = _dockerfile_healthcheck()
+    assert command[0] == "python3" and "http://127.0.0.1:9464/healthz" in command[-1]
+    port = client.base_url.port
+    argv = [sys.executable, *command[1:-1], command[-1].replace(":9464/", f":{port}/")]
+
+    ok = await trio.run_process(argv, check=False, capture_stdout=True, capture_stderr=True)
+    assert ok.returncode == 0, ok.stderr
+    health.is_live = False
+    down = await trio.run_process(argv, check=False, capture_stdout=True, capture_stderr=True)
+    assert down.returncode != 0
