@@ -65,11 +65,11 @@ async def test_stall_hangs_until_the_client_gives_up(autojump_clock: trio.abc.Cl
         sim.instances["a"].add_job()
         start = trio.current_time()
         with pytest.raises(httpx.ReadTimeout):
-            await rpc.call("FetchTask", {}, timeout=30)
+            await rpc.call("FetchTask", {}, http_timeout=30)
         assert trio.current_time() - start == pytest.approx(30, abs=1)
         # A client that bounds the call itself (cancellation) is noticed too.
         with trio.move_on_after(20):
-            await rpc.call("FetchTask", {}, timeout=None)
+            await rpc.call("FetchTask", {}, http_timeout=None)
         await trio.sleep(1)
         assert sim.ledger.assigned_count == 0
         assert sim.instances["a"].faults.injected == {"stall": 2}
@@ -87,11 +87,11 @@ async def test_delay_past_the_client_timeout_assigns_without_delivering(
         sim.instances["a"].add_job()
         sim.instances["a"].add_job()
         with pytest.raises(httpx.ReadTimeout):
-            await rpc.call("FetchTask", {}, key="K", timeout=2)
+            await rpc.call("FetchTask", {}, key="K", http_timeout=2)
         await trio.sleep(10)  # the server's delayed write must see that the client left
         assert sim.ledger.assigned_count == 1 and sim.ledger.delivered_count == 0
         start = trio.current_time()
-        got = await rpc.fetch(key="K", timeout=10)
+        got = await rpc.fetch(key="K", http_timeout=10)
         assert trio.current_time() - start == pytest.approx(5, abs=0.5)
         assert ids_of(got) == [1]
         assert sim.ledger.delivered_count == 1 and sim.ledger.duplicate_executions == 0

@@ -65,7 +65,9 @@ async def test_task_message_contents() -> None:
         ):
             assert key in ctx, key
         assert ctx["server_url"] == sim.base_url("a")
-        assert {k: task["secrets"][k] for k in ("GITHUB_TOKEN", "GITEA_TOKEN", "FORGEJO_TOKEN")} == {
+        assert {
+            k: task["secrets"][k] for k in ("GITHUB_TOKEN", "GITEA_TOKEN", "FORGEJO_TOKEN")
+        } == {
             "GITHUB_TOKEN": token,
             "GITEA_TOKEN": token,
             "FORGEJO_TOKEN": token,

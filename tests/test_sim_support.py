@@ -41,9 +41,7 @@ class Rpc:
         self.name = name
         inst = sim.instances[name]
         self.headers = (
-            {"x-runner-uuid": inst.runner.uuid, "x-runner-token": inst.runner.token}
-            if auth
-            else {}
+            {"x-runner-uuid": inst.runner.uuid, "x-runner-token": inst.runner.token} if auth else {}
         )
 
     def url(self, method: str, service: str = RUNNER) -> str:
@@ -57,13 +55,13 @@ class Rpc:
         key: str | None = None,
         headers: Mapping[str, str] | None = None,
         service: str = RUNNER,
-        timeout: float | None = 10.0,
+        http_timeout: float | None = 10.0,
     ) -> httpx.Response:
         hdrs = {"content-type": "application/json", **self.headers, **(headers or {})}
         if key is not None:
             hdrs["x-runner-request-key"] = key
         return await self.client.post(
-            self.url(method, service), json=dict(body or {}), headers=hdrs, timeout=timeout
+            self.url(method, service), json=dict(body or {}), headers=hdrs, timeout=http_timeout
         )
 
     async def ok(self, method: str, body: Mapping[str, Any] | None = None, **kw: Any) -> Any:
