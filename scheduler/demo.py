@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if args.duration <= 0 or args.capacity < 1:
         print("error: --duration must be > 0 and --capacity >= 1", file=sys.stderr)
         return 2
-    setup_logging("WARNING" if args.json else args.log_level)
+    # Progress lines tell the story; per-task INFO lines would drown them.
+    setup_logging("WARNING" if args.log_level.upper() == "INFO" else args.log_level)
     progress = sys.stderr if args.json else sys.stdout
     report = trio.run(run_demo, args.duration, args.seed, args.capacity, progress)
     if args.json:
@@ -97,12 +98,12 @@ def write_config(
         inst = sim.instances[c.name]
         token_file = directory / f"{c.name}.token"
         token_file.touch(mode=0o600)
-        token_file.write_text(inst.token + "\n")
+        token_file.write_text(inst.runner.token + "\n")
         lines += [
             "",
             f"[connections.{c.name}]",
             f'url = "{sim.base_url(c.name)}"',
-            f'uuid = "{inst.uuid}"',
+            f'uuid = "{inst.runner.uuid}"',
             f'token_file = "{token_file}"',
             f"weight = {c.weight}",
             f'fetch_interval = "{c.fetch_interval}s"',
@@ -120,7 +121,7 @@ def instance_specs(duration: float, scenario: tuple[DemoConnection, ...]) -> lis
             InstanceSpec(
                 name=c.name,
                 labels=("sim",),
-                arrival_rate=c.rate,
+                rate=c.rate,
                 duration_range=c.durations,
                 faults=FaultPlan(
                     drop_after_assign=DROP_AFTER_ASSIGN,
@@ -137,7 +138,8 @@ class Sampler:
     """Integrates slots in use and the fair-share target over time, from the ledger."""
 
     service: Service
-    slot_seconds: dict[str, float] = attrs.field(factory=dict)
+    slot_seconds: dict[str, float] = attrs.field(factory=dict)  # held: running + reserved
+    busy_seconds: dict[str, float] = attrs.field(factory=dict)  # running only
     share_seconds: dict[str, float] = attrs.field(factory=dict)
     max_in_use: int = 0
 
@@ -150,7 +152,8 @@ class Sampler:
             dt, last = now - last, now
             shares = led.fair_shares()
             for name in led.names:
-                self.slot_seconds[name] = self.slot_seconds.get(name, 0.0) + led.running(name) * dt
+                self.slot_seconds[name] = self.slot_seconds.get(name, 0.0) + led.held(name) * dt
+                self.busy_seconds[name] = self.busy_seconds.get(name, 0.0) + led.running(name) * dt
                 self.share_seconds[name] = self.share_seconds.get(name, 0.0) + shares[name] * dt
             self.observe()
 
@@ -207,7 +210,7 @@ async def print_progress(service: Service, sim: Simulator, t0: float, out: TextI
         for name in led.names:
             loop = service.loops.get(name)
             phase = loop.phase.value if loop else "-"
-            queued = sim.instances[name].queued if name in sim.instances else 0
+            queued = len(sim.instances[name].waiting_jobs) if name in sim.instances else 0
             parts.append(
                 f"{name}: {led.running(name)}+{led.reserved(name)}r "
                 f"share {shares[name]:.1f} q{queued} {phase}"
@@ -216,7 +219,7 @@ async def print_progress(service: Service, sim: Simulator, t0: float, out: TextI
         print(
             f"t={t:4.0f}s slots {led.capacity - led.free}/{led.capacity} | "
             + " | ".join(parts)
-            + f" | finished {snap['finished']} lost-so-far {snap['outstanding']}",
+            + f" | finished {snap['finished']} outstanding {snap['outstanding']}",
             file=out,
             flush=True,
         )
@@ -256,6 +259,7 @@ def build_report(
             "tasks_recovered": int(metric("tasks_recovered_total", connection=n)),
             "tasks_rejected": int(metric("tasks_rejected_total", connection=n)),
             "slot_seconds": round(ss, 2),
+            "busy_slot_seconds": round(sampler.busy_seconds.get(n, 0.0), 2),
             "fair_share_slot_seconds": round(share, 2),
             "fair_share": round(share / elapsed, 3) if elapsed else 0.0,
         }
