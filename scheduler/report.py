@@ -29,7 +29,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Protocol
 
 import attrs
 import trio
@@ -40,7 +41,6 @@ from scheduler.protocol import (
     LogRow,
     Result,
     RpcError,
-    RunnerClient,
     StepState,
     Task,
     TaskState,
@@ -65,6 +65,18 @@ STOP_RESULTS = frozenset({Result.CANCELLED, Result.FAILURE})
 def now() -> dt.datetime:
     """Wall-clock time for timestamps the server shows (rows, started/stopped)."""
     return dt.datetime.now(dt.UTC)
+
+
+class ReportClient(Protocol):
+    """The two RPCs reporting needs (``RunnerClient`` has them)."""
+
+    async def update_task(
+        self, state: TaskState, outputs: Mapping[str, str] | None = None
+    ) -> UpdateTaskResponse: ...
+
+    async def update_log(
+        self, task_id: int, index: int, rows: tuple[LogRow, ...], no_more: bool
+    ) -> int: ...
 
 
 @attrs.frozen
@@ -155,7 +167,7 @@ class TaskReporter:
 
     def __init__(
         self,
-        client: RunnerClient,
+        client: ReportClient,
         task: Task,
         *,
         connection: str,
@@ -198,8 +210,14 @@ class TaskReporter:
         return self._ack + len(self._pending)
 
     @property
-    def pending_rows(self) -> int:
-        return len(self._pending) + len(self._held)
+    def queued(self) -> tuple[LogRow, ...]:
+        """Rows queued and not yet acknowledged, oldest first (the next UpdateLog)."""
+        return tuple(self._pending)
+
+    @property
+    def held(self) -> tuple[LogRow, ...]:
+        """Rows written between two steps, waiting for the next step or the end."""
+        return tuple(self._held)
 
     def set_steps(self, count: int) -> None:
         """Declare the job's steps (ids 0..count-1), as the server numbered them."""
