@@ -425,9 +425,10 @@ class SimInstance:
         task_id = self.ledger.next_task_id()
         if job.workflow is not None:
             payload = job.workflow.encode()
+            steps = _count_steps(payload) or 0
         else:
             payload = default_workflow(self.name, task_id, job.runs_on, job.duration).encode()
-        steps = _count_steps(payload) or 0
+            steps = 2
         now = trio.current_time()
         task = SimTask(
             id=task_id,
