@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import trio
 
 from scheduler.sim import InstanceSpec
 from tests.test_sim_support import RUNNER, Rpc, running
@@ -162,3 +163,58 @@ async def test_declare_replaces_labels_and_hides_the_token() -> None:
         # label names are the part before ":" — the job now matches
         got = await rpc.fetch()
         assert got["task"]["id"] == str(inst.task_for_job(job).id)  # type: ignore[union-attr]
+
+
+async def raw_exchange(port: int, data: bytes, *, until: bytes = b"") -> bytes:
+    """Send raw bytes, read until EOF (or until ``until`` shows up)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(data)
+        out = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(65536):
+                out += chunk
+                if until and until in out:
+                    break
+        return out
+
+
+def raw_request(path: str, body: bytes, *extra: str) -> bytes:
+    head = [
+        f"POST {path} HTTP/1.1",
+        "host: x",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        *extra,
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def test_raw_http_edge_cases() -> None:
+    async with running() as sim:
+        assert sim.address is not None
+        port = sim.address[1]
+        ping = "/a/api/actions/ping.v1.PingService/Ping"
+        # garbage → 400 and close
+        out = await raw_exchange(port, b"NOT HTTP\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 400")
+        # Expect: 100-continue gets the interim answer before the body is sent
+        full = raw_request(ping, b'{"data":"x"}', "expect: 100-continue")
+        head, body = full.split(b"\r\n\r\n", 1)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(head + b"\r\n\r\n")
+            with trio.fail_after(5):
+                interim = await stream.receive_some(65536)
+            assert interim.startswith(b"HTTP/1.1 100")
+            await stream.send_all(body)
+            with trio.fail_after(5):
+                answer = await stream.receive_some(65536)
+            assert b"200" in answer.split(b"\r\n", 1)[0] and answer.endswith(b'Hello, x!"}')
+        # two pipelined requests on one connection, then Connection: close
+        both = raw_request(ping, b'{"data":"1"}') + raw_request(
+            ping, b'{"data":"2"}', "connection: close"
+        )
+        out = await raw_exchange(port, both)
+        assert out.count(b"HTTP/1.1 200") == 2 and b"Hello, 1!" in out and b"Hello, 2!" in out
+        assert sim.http.errors == []

@@ -69,6 +69,7 @@ class HttpServer:
         self._gzip_min = gzip_min_bytes
         self.connections_accepted = 0
         self.connections_open = 0
+        self.errors: list[str] = []
 
     async def serve(
         self,
@@ -119,6 +120,10 @@ class HttpServer:
                 except h11.LocalProtocolError:
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        except (h11.LocalProtocolError, h11.RemoteProtocolError, OSError) as exc:
+            # One broken connection must not take the whole server down; keep a trace.
+            self.errors.append(repr(exc))
             return
         finally:
             self.connections_open -= 1
@@ -193,6 +198,10 @@ async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> Requ
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
+            if conn.they_are_waiting_for_100_continue:  # curl does this for larger bodies
+                await stream.send_all(
+                    conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+                )
             try:
                 data = await stream.receive_some(_RECV)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
