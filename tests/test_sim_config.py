@@ -178,6 +178,7 @@ async def test_cli_serves_until_sigint_and_prints_the_ledger(tmp_path: Path) -> 
     assert "received SIGINT" in text
     final = json.loads(text[text.index("{") :])
     assert final["ledger"]["assigned"] == 0 and set(final["ledger"]["instances"]) == {"a", "b"}
+    assert final["instances"]["a"]["jobs"] > 0  # --rate 50 queued some while it ran
     parsed = tomllib.loads(config.read_text())
     assert parsed["runner"]["capacity"] == 2
     assert parsed["runner"]["state_dir"] == str(tmp_path / "state")

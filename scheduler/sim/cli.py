@@ -137,7 +137,7 @@ async def _main(args: argparse.Namespace) -> None:
                 print(f"received {signal.Signals(signum).name}, stopping", flush=True)
                 nursery.cancel_scope.cancel()
                 break
-    print(json.dumps({"ledger": sim.ledger.snapshot()}, indent=2), flush=True)
+    print(json.dumps(sim.report(), indent=2), flush=True)
 
 
 def run(args: argparse.Namespace) -> int:

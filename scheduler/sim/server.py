@@ -16,6 +16,7 @@ import random
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -113,6 +114,24 @@ class Simulator:
                 nursery.start_soon(inst.run_reaper)
                 nursery.start_soon(self.workloads[name].run)
             task_status.started(self.address)
+
+    def report(self) -> dict[str, Any]:
+        """The ledger plus each instance's queue, RPC and fault counters; JSON-able."""
+        return {
+            "ledger": self.ledger.snapshot(),
+            "instances": {
+                name: {
+                    "forgejo": 14 if inst.forgejo14 else 15,
+                    "jobs": len(inst.jobs),
+                    "waiting": len(inst.waiting_jobs),
+                    "running": len(inst.running_tasks),
+                    "tasks_version": inst.tasks_version,
+                    "rpc_counts": dict(sorted(inst.rpc_counts.items())),
+                    "faults_injected": dict(sorted(inst.faults.injected.items())),
+                }
+                for name, inst in self.instances.items()
+            },
+        }
 
     def stop_arrivals(self) -> None:
         for workload in self.workloads.values():
