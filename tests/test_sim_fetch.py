@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
+import trio
 import yaml
 
-from scheduler.sim import FaultPlan, InstanceSpec
+from scheduler.sim import FaultPlan, InstanceSpec, Simulator
 from tests.test_sim_support import Rpc, ids_of, payload_of, running, tasks_of
 
 
@@ -217,3 +218,14 @@ async def test_fetch_single_task_with_handle_and_recovery() -> None:
             "code": "internal",
             "message": "cannot recover 2 tasks because runner requested only one",
         }
+
+
+async def test_jobs_can_be_queued_before_serving() -> None:
+    sim = Simulator(["a"])
+    job = sim.instances["a"].add_job()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sim.serve, "127.0.0.1", 0)
+        async with httpx.AsyncClient() as client:
+            got = await Rpc(sim, client).fetch()
+        assert ids_of(got) == [sim.instances["a"].task_for_job(job).id]  # type: ignore[union-attr]
+        nursery.cancel_scope.cancel()

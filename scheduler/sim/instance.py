@@ -235,6 +235,14 @@ def _new_token() -> str:
     return secrets.token_hex(20)
 
 
+def _now() -> float:
+    """trio's clock, or 0 outside a trio run (a test may queue jobs before serving)."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return 0.0
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -291,7 +299,7 @@ class SimInstance:
             secrets=dict(secrets or {}),
             vars=dict(vars or {}),
             handle=str(uuid.uuid4()),
-            created_at=trio.current_time(),
+            created_at=_now(),
         )
         self.jobs[job.id] = job
         self._waiting[job.id] = job
@@ -663,7 +671,7 @@ class SimInstance:
     def _finish(self, task: SimTask, by: FinishedBy) -> None:
         self._running.pop(task.id, None)
         self._bump_version()
-        self.ledger.finished(task.id, task.result, by, trio.current_time())
+        self.ledger.finished(task.id, task.result, by, _now())
 
     def _stop(self, task: SimTask, result: Result, by: FinishedBy) -> None:
         """Forgejo's StopTask: final status now, unfinished steps get the same status."""
