@@ -440,14 +440,16 @@ class TaskReporter:
         """
         while not self.closed and not self.server_result.is_final:
             ok = True
+            # Anything, not only RpcError: a heartbeat must never take the job down
+            # (an odd answer can raise something the client does not translate).
             try:
                 await self.send_log()
-            except (RpcError, LogsLost) as exc:
+            except Exception as exc:
                 ok = False
                 self._heartbeat_failed("UpdateLog", exc)
             try:
                 await self.send_state()
-            except RpcError as exc:
+            except Exception as exc:
                 ok = False
                 self._heartbeat_failed("UpdateTask", exc)
             if ok and self._heartbeat_failing:
@@ -509,6 +511,11 @@ class TaskReporter:
                 except LogsLost as exc:
                     log.warning("task %d on %s: %s", self.task.id, self.connection, exc)
                     return False
+                except Exception as exc:  # not a known RPC failure: retry all the same
+                    log.warning(
+                        "task %d on %s: final UpdateLog failed unexpectedly: %r",
+                        self.task.id, self.connection, exc,
+                    )
                 delay = next(delays, None)
                 if delay is None:
                     return False
@@ -533,6 +540,11 @@ class TaskReporter:
                         return True
                 except RpcError as exc:
                     log.debug("task %d: final UpdateTask failed: %s", self.task.id, exc)
+                except Exception as exc:  # not a known RPC failure: retry all the same
+                    log.warning(
+                        "task %d on %s: final UpdateTask failed unexpectedly: %r",
+                        self.task.id, self.connection, exc,
+                    )
                 delay = next(delays, None)
                 if delay is None:
                     break

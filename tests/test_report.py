@@ -56,7 +56,8 @@ class Wire(httpx.AsyncBaseTransport):
         self.inner = httpx.AsyncHTTPTransport()
         self.calls: list[Call] = []
         #: Per method, verdicts for the next calls: "refuse" (503 before the server sees
-        #: it) or "lose" (the server acts, the answer is lost). Consumed in order.
+        #: it), "lose" (the server acts, the answer is lost), "explode" (an unexpected
+        #: exception out of the transport) or "ok". Consumed in order.
         self.faults: dict[str, list[str]] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -64,6 +65,8 @@ class Wire(httpx.AsyncBaseTransport):
         body = json.loads(request.content or b"{}")
         pending = self.faults.get(method)
         verdict = pending.pop(0) if pending else None
+        if verdict == "explode":
+            raise RuntimeError("injected: something the client does not translate")
         if verdict == "refuse":
             self.calls.append(Call(method, body, "refused"))
             return httpx.Response(
@@ -415,6 +418,23 @@ async def test_final_report_retries(autojump_clock: trio.testing.MockClock) -> N
         assert [c.outcome for c in tasks] == ["ok", "refused", "lost", "refused", "ok"]
         # The lost final UpdateTask already finished the task; the retry is harmless.
         assert env.sim.ledger.tasks[task.id].duplicate_reasons == []
+
+
+async def test_unexpected_errors_do_not_stop_the_job(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def job(task: Task, rep: TaskReporter) -> Result:
+        rep.log("still here")
+        await trio.sleep(2.5)
+        return Result.SUCCESS
+
+    async with simulated() as env:
+        task, sim_task = await env.task()
+        env.wire.faults["UpdateLog"] = ["explode"]
+        env.wire.faults["UpdateTask"] = ["explode", "ok", "ok", "explode"]
+        outcome = await run(env, task, job)
+        assert outcome.result is Result.SUCCESS and outcome.reported
+        assert sim_task.log_lines == [header(task), "still here", "🏁 Job succeeded"]
 
 
 async def test_server_cancel_mid_step(autojump_clock: trio.testing.MockClock) -> None:
