@@ -225,7 +225,7 @@ class HostExecutor:
                 reporter.skip_step(step.index)
             return Result.FAILURE
         if job.outputs:
-            reporter.log(f"Warning: job outputs are not sent: they {NEEDS_FULL}")
+            reporter.log(f"Warning: job outputs are not sent: evaluating them {NEEDS_FULL}")
 
         paths = _paths(self.work_root, task.id)
         await _remove_tree(paths.root, self.cleanup_timeout)  # left over by a crashed run
