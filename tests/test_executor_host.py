@@ -291,7 +291,7 @@ async def test_job_timeout(tmp_path: Path) -> None:
         - run: sleep 60
         - run: echo never
         """,
-        job_extra="timeout-minutes: 0.02",
+        job_extra="timeout-minutes: 0.02",  # 1.2 s
     )
     t0 = time.monotonic()
     result, rep, _ = await run(tmp_path, payload)

@@ -270,7 +270,7 @@ class HostExecutor:
                 reporter.finish_step(step.index, outcome)
                 current = None
         if job_scope.cancelled_caught:
-            minutes = job.timeout_minutes
+            minutes = _shown(job.timeout_minutes)
             if current is not None:
                 reporter.log(
                     f"Error: the job exceeded its timeout-minutes ({minutes}) and was stopped"
@@ -314,7 +314,7 @@ class HostExecutor:
             return Result.FAILURE
         if done.timed_out:
             reporter.log(
-                f"Error: the step exceeded its timeout-minutes ({step.timeout_minutes}) "
+                f"Error: the step exceeded its timeout-minutes ({_shown(step.timeout_minutes)}) "
                 "and was stopped"
             )
             return Result.FAILURE
@@ -361,6 +361,11 @@ def _minutes(value: str | float | None, what: str) -> float | None:
     if not value > 0 or math.isinf(value):
         raise Unsupported(f"{what} must be a positive number, not {value}")
     return value * 60.0
+
+
+def _shown(minutes: str | float | None) -> str:
+    """``timeout-minutes`` as the workflow wrote it (``5``, not ``5.0``)."""
+    return f"{minutes:g}" if isinstance(minutes, float) else str(minutes)
 
 
 def _continue_on_error(step: Step) -> bool:
