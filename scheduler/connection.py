@@ -205,7 +205,8 @@ class ConnectionLoop:
                 tasks.start_soon(self._run_task, task, name=f"task-{task.id}")
             else:
                 reason = (
-                    f"the server sent {n} task(s) for {pending.task_capacity} requested slot(s) "
+                    f"the server sent {n} task(s) on a request for {pending.task_capacity}; "
+                    f"{res.accepted} found a runner slot (capacity {self.pool.ledger.capacity}) "
                     f"and no runner slot is free for this one"
                 )
                 log.error("connection %s: task %d rejected: %s", self.name, task.id, reason)

@@ -1,0 +1,281 @@
+"""The whole service against the simulator, over real loopback HTTP, on trio's MockClock.
+
+Tasks run in the SimulatedExecutor (trio sleeps, no processes) so that virtual time
+covers minutes of load in milliseconds; the host executor has its own tests with
+real processes, and the demo test runs real processes end to end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from scheduler.config import load_config
+from scheduler.executor.simulated import SimulatedExecutor
+from scheduler.keys import KeyStore
+from scheduler.service import Service
+from scheduler.sim import FaultPlan, InstanceSpec, Simulator
+
+
+@asynccontextmanager
+async def world(
+    tmp_path: Path,
+    specs: list[InstanceSpec],
+    *,
+    capacity: int,
+    connections: dict[str, dict[str, Any]] | None = None,
+    sim: Simulator | None = None,
+    fetch_timeout: float = 30.0,
+    shutdown_timeout: float = 600.0,
+    crash: bool = False,
+) -> AsyncIterator[tuple[Simulator, Service, SimulatedExecutor]]:
+    """A simulator and a service wired through a real config file.
+
+    On exit the service is aborted (running tasks cancelled and reported) while the
+    simulator still serves; with ``crash`` it is just cancelled, as if killed.
+    """
+    async with trio.open_nursery() as nursery:
+        if sim is None:
+            sim = Simulator(specs, seed=7)
+            await nursery.start(sim.serve, "127.0.0.1", 0)
+        path = sim.write_runner_config(
+            tmp_path / "config.toml",
+            capacity=capacity,
+            state_dir=tmp_path / "state",
+            fetch_interval=1.0,
+            fetch_timeout=fetch_timeout,
+            shutdown_timeout=shutdown_timeout,
+            connections=connections or {},
+        )
+        executor = SimulatedExecutor()
+        service = Service(load_config(path), executor=executor, seed=3)
+        await nursery.start(service.run)
+        yield sim, service, executor
+        if not crash and service.phase != "stopped":
+            service.abort()
+            await wait_for(lambda: service.phase == "stopped")
+        nursery.cancel_scope.cancel()
+
+
+async def wait_for(predicate: Callable[[], bool], *, timeout: float = 3600.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.05)
+
+
+def metric(service: Service, name: str, **labels: str) -> float:
+    return service.metrics.registry.get_sample_value(f"forgejo_scheduler_{name}", labels) or 0.0
+
+
+async def drain(service: Service) -> None:
+    service.request_stop()
+    await wait_for(lambda: service.phase == "stopped")
+
+
+@pytest.mark.parametrize("capacity", [1, 3])
+async def test_respond_then_drop_forgejo15_every_task_runs_exactly_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, capacity: int
+) -> None:
+    faults = FaultPlan(drop_after_assign=0.3, error_5xx=0.1)
+    specs = [InstanceSpec("a", faults=faults), InstanceSpec("b", faults=faults)]
+    async with world(tmp_path, specs, capacity=capacity) as (sim, service, executor):
+        for i in range(20):
+            sim.instances["a"].add_job(duration=1 + i % 3)
+            sim.instances["b"].add_job(duration=2)
+        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 40)
+        await drain(service)
+        snap = sim.ledger.snapshot()
+    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    assert snap["peak_outstanding"] <= capacity
+    assert sorted(executor.executed) == sorted(set(executor.executed))
+    assert len(executor.executed) == 40
+    recovered = sum(metric(service, "tasks_recovered_total", connection=c) for c in "ab")
+    reused = sum(metric(service, "request_keys_reused_total", connection=c) for c in "ab")
+    assert recovered > 0 and reused >= recovered  # the drops really happened and were healed
+
+
+async def test_forgejo14_ignores_the_key_and_the_simulator_counts_the_loss(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    specs = [InstanceSpec("a", forgejo14=True, faults=FaultPlan(drop_after_assign=0.3),
+                          zombie_timeout=None)]
+    async with world(tmp_path, specs, capacity=2) as (sim, service, executor):
+        for _ in range(20):
+            sim.instances["a"].add_job(duration=1)
+        inst = sim.instances["a"]
+        await wait_for(lambda: not inst.waiting_jobs and all(
+            t.done for t in inst.tasks.values() if t.id in executor.executed))
+        await drain(service)
+        snap = sim.ledger.snapshot()
+    assert snap["lost"] > 0  # the tasks inside dropped answers: a retry cannot get them back
+    assert snap["lost"] == snap["assigned"] - len(executor.executed)
+    assert snap["duplicate_executions"] == 0
+
+
+async def test_stalled_instance_does_not_delay_the_others(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    specs = [
+        InstanceSpec("stuck", faults=FaultPlan(stall_windows=[(0, 10_000)])),
+        InstanceSpec("fine"),
+    ]
+    async with world(tmp_path, specs, capacity=4) as (sim, service, _):
+        await trio.sleep(5)  # stuck's first FetchTask is now hanging (timeout 30 s)
+        fine = sim.instances["fine"]
+        latencies = []
+        for _ in range(10):
+            t0 = trio.current_time()
+            job = fine.add_job(duration=0.5)
+            await wait_for(lambda j=job: fine.task_for_job(j) is not None)  # type: ignore[misc]
+            latencies.append(trio.current_time() - t0)
+            await trio.sleep(7.3)
+        stuck_loop = service.loops["stuck"]
+        assert stuck_loop.phase.value in ("fetching", "unresolved")
+        # stuck's in-doubt reservation is bounded by its own share of the pool.
+        assert service.ledger.reserved("stuck") <= 2
+    # Pickup within one fetch interval (1 s ± 10 % jitter), never a fetch_timeout.
+    assert max(latencies) <= 1.2, latencies
+
+
+async def test_unresolved_key_survives_a_crash_and_brings_the_task_back(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    sim = Simulator([InstanceSpec("a", faults=FaultPlan(drop_after_assign=1.0))], seed=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sim.serve, "127.0.0.1", 0)
+        async with world(tmp_path, [], capacity=2, sim=sim, crash=True) as (_, service, executor):
+            sim.instances["a"].add_job(duration=3)
+            await wait_for(lambda: sim.ledger.snapshot()["assigned"] == 1)
+            await trio.sleep(0.5)
+            assert executor.executed == []
+        # The service was cancelled mid-retry (as in a crash): the key is on disk.
+        pending = KeyStore(tmp_path / "state", "a").load().pending
+        assert pending is not None and pending.task_capacity >= 1
+        sim.instances["a"].set_faults(FaultPlan())
+        async with world(tmp_path, [], capacity=2, sim=sim) as (_, service2, executor2):
+            await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1)
+            await drain(service2)
+        nursery.cancel_scope.cancel()
+    snap = sim.ledger.snapshot()
+    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    assert len(executor2.executed) == 1
+    assert metric(service2, "tasks_recovered_total", connection="a") == 1
+    assert KeyStore(tmp_path / "state", "a").load().pending is None
+
+
+async def test_more_tasks_than_slots_after_restart_are_reported_failed(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    sim = Simulator([InstanceSpec("a", faults=FaultPlan(drop_after_assign=1.0))], seed=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sim.serve, "127.0.0.1", 0)
+        async with world(tmp_path, [], capacity=3, sim=sim, crash=True):
+            for _ in range(3):
+                sim.instances["a"].add_job(duration=5)
+            await wait_for(lambda: sim.ledger.snapshot()["assigned"] == 3)
+        sim.instances["a"].set_faults(FaultPlan())
+        # Restart with a smaller capacity: the key brings back 3 tasks for 2 slots.
+        async with world(tmp_path, [], capacity=2, sim=sim) as (_, service, executor):
+            await wait_for(lambda: sim.ledger.snapshot()["finished"] == 3)
+            await drain(service)
+        nursery.cancel_scope.cancel()
+    snap = sim.ledger.snapshot()
+    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    assert len(executor.executed) == 2
+    assert metric(service, "tasks_rejected_total", connection="a") == 1
+    assert snap["results"] == {"RESULT_FAILURE": 1, "RESULT_SUCCESS": 2}
+    (rejected,) = [t for t in sim.instances["a"].tasks.values() if t.id not in executor.executed]
+    assert any("no runner slot is free" in line for line in rejected.log_lines)
+
+
+async def test_no_fetch_while_a_connection_has_no_slot(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    specs = [InstanceSpec("a"), InstanceSpec("b")]
+    async with world(tmp_path, specs, capacity=1) as (sim, service, _):
+        sim.instances["a"].add_job(duration=100)
+        await wait_for(lambda: service.ledger.running("a") == 1)
+        before = sim.instances["b"].rpc_counts.get("FetchTask", 0)
+        sim.instances["b"].add_job(duration=1)
+        await trio.sleep(90)
+        assert sim.instances["b"].rpc_counts.get("FetchTask", 0) == before
+        assert service.ledger.is_hungry("b")
+        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 2)
+
+
+async def test_refused_fetch_releases_slots_and_marks_the_connection_down(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    specs = [InstanceSpec("a"), InstanceSpec("b")]
+    async with world(tmp_path, specs, capacity=2) as (sim, service, _):
+        await wait_for(lambda: len(service.loops) == 2 and all(
+            loop.declared for loop in service.loops.values()))
+        sim.instances["b"].runner.token = "0" * 40  # b's registration is revoked
+        await wait_for(lambda: metric(service, "connection_up", connection="b") == 0)
+        assert service.ledger.held("b") == 0
+        assert metric(service, "fetch_requests_total", connection="b", outcome="unauthorized") >= 1
+        fetches = sim.instances["b"].rpc_counts.get("FetchTask", 0)
+        # a alone may now use the whole pool.
+        for _ in range(4):
+            sim.instances["a"].add_job(duration=50)
+        await wait_for(lambda: service.ledger.running("a") == 2)
+        await trio.sleep(600)
+        # While down, b probes with Declare only: no FetchTask, no slot.
+        assert sim.instances["b"].rpc_counts.get("FetchTask", 0) == fetches
+        assert sim.instances["b"].rpc_counts.get("Declare", 0) >= 2
+
+
+async def test_weighted_shares_under_saturation(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    specs = [InstanceSpec(n) for n in ("a", "b", "c")]
+    weights = {"a": {"weight": 1}, "b": {"weight": 1}, "c": {"weight": 2}}
+    async with world(tmp_path, specs, capacity=4, connections=weights) as (sim, service, _):
+        for name in "abc":
+            for _ in range(200):
+                sim.instances[name].add_job(duration=10)
+        held = {n: 0.0 for n in "abc"}
+        await trio.sleep(60)
+        for _ in range(600):
+            await trio.sleep(1)
+            for n in "abc":
+                held[n] += service.ledger.held(n)
+    total = sum(held.values())
+    assert held["c"] / total == pytest.approx(0.5, abs=0.05)
+    assert held["a"] / total == pytest.approx(0.25, abs=0.05)
+    assert metric(service, "fairness_jain_index") > 0.95
+
+
+async def test_graceful_stop_lets_running_tasks_finish(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with world(tmp_path, [InstanceSpec("a")], capacity=2) as (sim, service, _):
+        sim.instances["a"].add_job(duration=50)
+        await wait_for(lambda: service.ledger.running("a") == 1)
+        t0 = trio.current_time()
+        sim.instances["a"].add_job(duration=1)  # arrives after the stop: must not be taken
+        service.request_stop()
+        await wait_for(lambda: service.phase == "stopped")
+        assert trio.current_time() - t0 >= 45
+    snap = sim.ledger.snapshot()
+    assert snap["finished"] == 1 and snap["results"] == {"RESULT_SUCCESS": 1}
+    assert len(sim.instances["a"].waiting_jobs) == 1
+
+
+async def test_shutdown_timeout_cancels_and_reports(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    specs = [InstanceSpec("a")]
+    async with world(tmp_path, specs, capacity=1, shutdown_timeout=5) as (sim, service, _):
+        sim.instances["a"].add_job(duration=500)
+        await wait_for(lambda: service.ledger.running("a") == 1)
+        service.request_stop()
+        await wait_for(lambda: service.phase == "stopped", timeout=60)
+    snap = sim.ledger.snapshot()
+    assert snap["lost"] == 0 and snap["results"] == {"RESULT_CANCELLED": 1}
