@@ -2,12 +2,14 @@
 
 ::
 
-    DECLARE ─▶ HUNGRY ──grant k──▶ FETCHING(key, k)
-                 ▲                   │ n tasks: n run, k−n released, key rotates ─▶ HUNGRY (n = k) / IDLE
-                 │                   │ empty:   k released, key rotates ─────────▶ IDLE ─interval─▶ HUNGRY
-                 │                   │ refused: k released, key rotates ─────────▶ DOWN ─declare ok─▶ HUNGRY
-                 │                   │ unknown: keep key, keep k ──▶ UNRESOLVED ─backoff─▶ FETCHING(same)
-                 └──────────────────────────────────────────────────────────────────┘
+    DECLARE --> HUNGRY --grant k--> FETCHING(key, k)
+                  ^                   | n tasks: n run, k-n released, key rotates
+                  |                   |          --> HUNGRY at once if n = k, else IDLE
+                  |                   | empty:   k released, key rotates --> IDLE
+                  |                   | refused: k released, key rotates --> DOWN
+                  |                   | unknown: keep key, keep k --> UNRESOLVED
+                  |                   |          --backoff--> FETCHING(same key, same k)
+                  +-- IDLE (fetch_interval) / DOWN (Declare works again) ----+
 
 The rules that matter (shared/reference/core-design.md): slots are granted before
 the FetchTask, which asks ``taskCapacity = k``; a connection with no slot sends no
@@ -227,6 +229,7 @@ class ConnectionLoop:
             )
         self.last_error = str(exc)
         self.phase = Phase.UNRESOLVED
+        self.pool.forfeit(self.name)
         return backoff(self.attempts - 1, self.rng, base=BACKOFF_BASE, cap=BACKOFF_CAP)
 
     async def _refused(self, exc: RpcError) -> float:

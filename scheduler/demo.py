@@ -185,7 +185,8 @@ async def run_demo(
 
             started: Started = await nursery.start(run_service)
             if started.metrics_address:
-                print("metrics: http://%s:%d/metrics" % started.metrics_address, file=progress)
+                host, port = started.metrics_address
+                print(f"metrics: http://{host}:{port}/metrics", file=progress)
             nursery.start_soon(sampler.run)
             t0 = trio.current_time()
             nursery.start_soon(print_progress, service, sim, t0, progress)

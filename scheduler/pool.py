@@ -87,6 +87,11 @@ class SlotPool:
         self._dispatch()
         return released
 
+    def forfeit(self, name: str) -> None:
+        """An unknown fetch outcome: give back what was owed to ``name`` (not its reservation)."""
+        if self.ledger.forfeit(name):
+            self._dispatch()
+
     def finish(self, name: str) -> None:
         self.ledger.finish(name)
         self._dispatch()
@@ -98,8 +103,9 @@ class SlotPool:
     def close(self) -> None:
         """Stop granting; every waiter gets :class:`PoolClosed`."""
         self.closed = True
-        for name, event in list(self._waiters.items()):
-            self.ledger.withdraw(name)
+        for name in self.ledger.names:
+            self.ledger.withdraw(name)  # also frees slots owed to fetching connections
+        for event in list(self._waiters.values()):
             event.set()
         self._on_change()
 

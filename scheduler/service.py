@@ -152,7 +152,9 @@ class Service:
                 held = self.pool.adopt(name, len(state.running))
                 self._orphans[name] = [(t, i < held) for i, t in enumerate(state.running)]
 
-    async def run(self, *, task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         self._restore()
         async with trio.open_nursery() as root:
             address = None
@@ -180,10 +182,11 @@ class Service:
         for loop in self.loops.values():
             loop.resolve_deadline = self._drain_deadline
             loop.stopping.set()
-        root.start_soon(self._shutdown_watchdog, runner.shutdown_timeout)
+        root.start_soon(self._shutdown_watchdog, self._drain_deadline)
 
-    async def _shutdown_watchdog(self, timeout: float) -> None:
-        await trio.sleep(timeout)
+    async def _shutdown_watchdog(self, deadline: float) -> None:
+        await trio.sleep_until(deadline)
+        timeout = self.config.runner.shutdown_timeout
         running = sum(self.ledger.running(n) for n in self.loops)
         if running:
             log.warning("shutdown_timeout (%gs) reached: cancelling %d running task(s)",

@@ -23,6 +23,17 @@ connection's *entitlement* (its water-filling share if every active connection
 wanted slots, rounded up, at least 1): a black-holed server whose fetch hangs can
 then hold no more than its own share in doubt, while a connection that is alone
 with work still gets every free slot, one fetch after another.
+
+Owed slots. A connection is not hungry while its own fetch is in flight, so a
+slot freed at that moment would go to whoever else waits, even when that one is
+already at its share and the fetching one below it (with equal task durations
+this is the common case, and it cost a weight-2 connection a fifth of its share).
+So a connection whose last answer filled its grant (it has more work) still
+competes while its fetch is in flight; a slot it wins is *owed* to it, held for
+it, and becomes part of its next grant. An owed slot is idle for at most one
+fetch round trip, and is given back at once if that fetch ends empty-handed,
+unresolved or refused, so a black-holed server never holds more than its
+reservation.
 """
 
 from __future__ import annotations
@@ -47,14 +58,17 @@ class ConnectionSlots:
     max_slots: int
     running: int = 0
     reserved: int = 0
+    owed: int = 0  # earmarked while its fetch is in flight; see SlotLedger.grant
     hungry: bool = False
+    inflight: bool = False  # granted, fetch not answered yet
+    saturated: bool = False  # its last answer filled its whole grant: it has more work
     active: bool = True
     pass_: float = 0.0
     last_grant: int = 0  # sequence number of its last grant: older wins a tie
 
     @property
     def held(self) -> int:
-        return self.running + self.reserved
+        return self.running + self.reserved + self.owed
 
 
 @attrs.frozen
@@ -153,6 +167,7 @@ class SlotLedger:
         c.active = active
         if not active:
             c.hungry = False
+            c.owed = 0
 
     # --- views ----------------------------------------------------------------------
 
@@ -173,6 +188,9 @@ class SlotLedger:
 
     def reserved(self, name: str) -> int:
         return self._get(name).reserved
+
+    def owed(self, name: str) -> int:
+        return self._get(name).owed
 
     def running(self, name: str) -> int:
         return self._get(name).running
@@ -218,6 +236,7 @@ class SlotLedger:
             raise LedgerError(f"restore for {name!r} after it already holds slots")
         got = max(0, min(slots, self.free))
         c.reserved += got
+        c.inflight = True
         return got
 
     def adopt(self, name: str, tasks: int) -> int:
@@ -232,7 +251,7 @@ class SlotLedger:
         return got
 
     def want(self, name: str) -> None:
-        """``name`` is ready to fetch and waits for slots."""
+        """``name`` is ready to fetch and waits for slots (owed ones are kept for it)."""
         c = self._get(name)
         if c.hungry:
             return
@@ -243,7 +262,16 @@ class SlotLedger:
         c.hungry = True
 
     def withdraw(self, name: str) -> None:
-        self._get(name).hungry = False
+        c = self._get(name)
+        c.hungry = False
+        c.owed = 0
+
+    def forfeit(self, name: str) -> int:
+        """The fetch of ``name`` has an unknown outcome: slots owed to it go back."""
+        c = self._get(name)
+        released, c.owed = c.owed, 0
+        c.saturated = False
+        return released
 
     def grant(self) -> list[Grant]:
         """Hand every free slot that someone can use to hungry connections.
@@ -254,17 +282,25 @@ class SlotLedger:
         """
         free = self.free
         given: dict[str, int] = {}
+        for c in self._conns.values():
+            if c.hungry and c.owed:
+                # What was owed to it becomes part of this grant.
+                given[c.name], c.owed = c.owed, 0
         caps = self._entitlements() if free > 0 else {}
         while free > 0:
             best: ConnectionSlots | None = None
             best_key: tuple[int, float, int, float, int, str] | None = None
             for c in self._conns.values():
-                if not (c.hungry and c.active):
+                returning = c.inflight and c.saturated
+                if not ((c.hungry or returning) and c.active):
                     continue
                 g = given.get(c.name, 0)
                 if c.held + g >= c.max_slots:
                     continue
-                if g >= max(1, caps.get(c.name, 1) - c.held):
+                if returning:
+                    if c.held >= caps.get(c.name, 1):  # owed only up to its share
+                        continue
+                elif g >= max(1, caps.get(c.name, 1) - c.held):
                     continue
                 key = (
                     0 if c.held + g < c.min_slots else 1,
@@ -278,7 +314,10 @@ class SlotLedger:
                     best, best_key = c, key
             if best is None:
                 break
-            given[best.name] = given.get(best.name, 0) + 1
+            if best.hungry:
+                given[best.name] = given.get(best.name, 0) + 1
+            else:
+                best.owed += 1
             best.pass_ += 1.0 / best.weight
             free -= 1
         grants = []
@@ -288,6 +327,7 @@ class SlotLedger:
             c.last_grant = self._grant_seq
             c.reserved += k
             c.hungry = False
+            c.inflight = True
             grants.append(Grant(name, k))
         return grants
 
@@ -301,20 +341,33 @@ class SlotLedger:
         if tasks < 0:
             raise LedgerError("negative task count")
         c = self._get(name)
+        asked = c.reserved
+        c.inflight = False
+        c.saturated = tasks > 0 and tasks >= asked
+        if not c.saturated:
+            c.owed = 0  # no more work there: what was earmarked goes to others
         accepted = min(tasks, c.reserved)
         c.reserved -= accepted
         c.running += accepted
         released = c.reserved
         c.reserved = 0
         extra = tasks - accepted
+        from_owed = min(extra, c.owed)  # slots held for it anyway
+        c.owed -= from_owed
+        c.running += from_owed
+        extra -= from_owed
         take = min(extra, max(0, self.free))
         c.running += take
-        return Resolution(accepted=accepted + take, rejected=extra - take, released=released)
+        return Resolution(
+            accepted=accepted + from_owed + take, rejected=extra - take, released=released
+        )
 
     def release(self, name: str) -> int:
         """A definite refusal (or a cancelled wait): all of ``name``'s reservation goes back."""
         c = self._get(name)
-        released, c.reserved = c.reserved, 0
+        released, c.reserved = c.reserved + c.owed, 0
+        c.owed = 0
+        c.inflight = c.saturated = False
         return released
 
     def finish(self, name: str) -> None:

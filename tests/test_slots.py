@@ -15,7 +15,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from scheduler.slots import LedgerError, SlotLedger, jain_index, water_fill
+from scheduler.slots import Grant, LedgerError, SlotLedger, jain_index, water_fill
 
 
 def ledger(capacity: int, **conns: tuple[float, int, int]) -> SlotLedger:
@@ -80,6 +80,46 @@ def test_restore_is_bounded_by_free_slots() -> None:
     assert led.restore("b", 1) == 0
     with pytest.raises(LedgerError):
         led.restore("a", 1)
+
+
+def test_slot_freed_during_a_saturated_fetch_is_owed_not_given_away() -> None:
+    # c (weight 2) has more work and its fetch is in flight when one of its tasks ends;
+    # b waits but already holds its share: the slot is held for c, not handed to b.
+    led = ledger(4, a=(1, 0, 4), b=(1, 0, 4), c=(2, 0, 4))
+    for name in "cab":
+        led.want(name)
+        for g in led.grant():
+            led.resolve(g.connection, g.slots)
+    assert [led.running(n) for n in "abc"] == [1, 1, 2]
+    led.want("c")
+    led.want("b")
+    led.finish("c")
+    (g,) = led.grant()
+    assert g == Grant("c", 1)  # c fetches for the slot its task left
+    led.finish("c")  # the other task of c ends while c's fetch is in flight
+    assert led.grant() == []  # b is hungry, but the slot is owed to c
+    assert led.owed("c") == 1 and led.free == 0
+    led.resolve("c", 1)  # full answer: c has more work and comes back for it
+    led.want("c")
+    assert led.grant() == [Grant("c", 1)]
+    assert led.held("c") == 2 and led.owed("c") == 0
+
+
+def test_owed_slots_go_back_when_the_fetch_comes_back_short_or_unknown() -> None:
+    led = ledger(4, a=(1, 0, 4), c=(3, 0, 4))
+    led.want("c")
+    (g,) = led.grant()
+    led.resolve("c", g.slots)  # saturated: 3 running, its whole share
+    led.finish("c")
+    led.want("c")
+    assert led.grant() == [Grant("c", 1)]  # fetching for the freed slot
+    led.finish("c")  # another ends meanwhile: c is below its share and has work
+    assert led.grant() == []
+    assert led.owed("c") == 1
+    led.forfeit("c")  # unknown outcome: the reservation stays, the earmark does not
+    assert led.owed("c") == 0 and led.reserved("c") >= 1
+    led.want("a")
+    assert led.grant() == [Grant("a", 1)]
 
 
 def test_min_slots_served_first() -> None:
@@ -185,14 +225,26 @@ class LedgerMachine(RuleBasedStateMachine):
         k = self.fetching.pop(name)
         n = data.draw(st.integers(0, k + extra))
         free_before = self.led.free
+        owed_before = self.led.owed(name)
         running_before = self.led.running(name)
         res = self.led.resolve(name, n)
         assert res.accepted + res.rejected == n
-        assert res.rejected == max(0, n - k - free_before)
+        assert res.rejected == max(0, n - k - owed_before - free_before)
+        if n < k or n == 0:
+            assert self.led.owed(name) == 0, "owed slots kept by a connection without work"
         assert self.led.running(name) == running_before + res.accepted
         assert self.led.reserved(name) == 0
         if n > k:
             self.over_max_allowed.add(name)
+
+    @precondition(lambda self: bool(self.fetching))
+    @rule(data=st.data())
+    def unknown_outcome(self, data: st.DataObject) -> None:
+        # Nothing moves but what was owed: the reservation stays for the retry.
+        name = self._pick(data, list(self.fetching))
+        reserved = self.led.reserved(name)
+        self.led.forfeit(name)
+        assert self.led.owed(name) == 0 and self.led.reserved(name) == reserved
 
     @precondition(lambda self: bool(self.fetching))
     @rule(data=st.data())
@@ -214,6 +266,16 @@ class LedgerMachine(RuleBasedStateMachine):
         held = sum(self.led.held(n) for n in self.names)
         assert held <= self.led.capacity
         assert self.led.free == self.led.capacity - held
+
+    @invariant()
+    def owed_only_to_connections_with_work(self) -> None:
+        if not hasattr(self, "led"):
+            return
+        for n in self.names:
+            v = self.led.view(n)
+            if v.owed:
+                assert v.saturated and not v.hungry and v.active
+                assert v.held <= max(self.led.entitlement(n), v.running + v.reserved)
 
     @invariant()
     def max_slots_respected(self) -> None:

@@ -216,7 +216,8 @@ class RunnerClient:
             )
         chunks: list[bytes] = []
         size = 0
-        async with contextlib.aclosing(resp.aiter_bytes()) as body:
+        body = resp.aiter_bytes()
+        async with contextlib.aclosing(body):  # type: ignore[type-var]
             async for chunk in body:
                 size += len(chunk)
                 if size > self.max_response_bytes:
