@@ -1,0 +1,113 @@
+"""The commands as a user runs them: real processes, real signals, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import trio
+
+from scheduler.sim import FaultPlan, InstanceSpec, Simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "scheduler"]
+
+
+def test_demo_json_report() -> None:
+    proc = subprocess.run(
+        [*CLI, "demo", "--duration", "4", "--seed", "1", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)  # exactly one JSON object on stdout
+    assert report["capacity"] == 4
+    assert 1 <= report["max_slots_in_use"] <= 4
+    assert report["lost_tasks"] == 0 and report["duplicate_executions"] == 0
+    assert 0.25 <= report["jain_index"] <= 1.0
+    assert set(report["connections"]) == {"alpha", "beta", "gamma"}
+    for c in report["connections"].values():
+        for key in ("weight", "tasks_assigned", "tasks_finished", "fetch_requests",
+                    "fetch_retries", "request_keys_reused", "tasks_recovered",
+                    "slot_seconds", "fair_share"):
+            assert key in c
+        assert c["tasks_assigned"] == c["tasks_finished"]
+    assert sum(c["tasks_finished"] for c in report["connections"].values()) > 0
+    assert "t=" in proc.stderr  # progress went to stderr, not into the JSON
+
+
+def test_check_config_redacts_and_fails_clearly(tmp_path: Path) -> None:
+    token = "f" * 40
+    (tmp_path / "tok").write_text(token + "\n")
+    (tmp_path / "tok").chmod(0o600)
+    good = tmp_path / "good.toml"
+    good.write_text(
+        "[runner]\ncapacity = 2\n\n[connections.one]\n"
+        'url = "https://forgejo.example/"\nuuid = "u-1"\ntoken_file = "tok"\n'
+        'labels = ["debian:host"]\n'
+    )
+    proc = subprocess.run([*CLI, "check-config", "--config", str(good)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "[connections.one]" in proc.stdout and token not in proc.stdout + proc.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text(good.read_text().replace("capacity = 2", "capacity = 0"))
+    proc = subprocess.run([*CLI, "check-config", "--config", str(bad)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert "bad.toml" in proc.stderr and "runner.capacity" in proc.stderr
+    assert token not in proc.stderr
+
+
+async def test_run_daemon_serves_metrics_and_stops_on_sigterm(tmp_path: Path) -> None:
+    sim = Simulator([InstanceSpec("a", faults=FaultPlan(drop_after_assign=0.3)),
+                     InstanceSpec("b")], seed=5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sim.serve, "127.0.0.1", 0)
+        config = sim.write_runner_config(tmp_path / "config.toml", capacity=2,
+                                         state_dir=tmp_path / "state", fetch_interval=0.2)
+        for name in "ab":
+            for _ in range(3):
+                sim.instances[name].add_job(duration=0.2)
+        proc = await trio.lowlevel.open_process(
+            [*CLI, "run", "--config", str(config)], cwd=ROOT,
+            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert proc.stderr is not None
+        log = b""
+        with trio.fail_after(30):
+            while b"/metrics" not in log:
+                log += await proc.stderr.receive_some(4096)
+        match = re.search(rb"http://127\.0\.0\.1:(\d+)/metrics", log)
+        assert match
+        base = f"http://127.0.0.1:{int(match.group(1))}"
+        with trio.fail_after(60):
+            while sim.ledger.snapshot()["finished"] < 6:
+                await trio.sleep(0.1)
+        async with httpx.AsyncClient(base_url=base) as http:
+            metrics = (await http.get("/metrics")).text
+            assert (await http.get("/healthz")).status_code == 200
+            assert (await http.get("/readyz")).status_code == 200
+        assert 'forgejo_scheduler_tasks_finished_total{connection="a",result="success"} 3.0' \
+            in metrics
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            while True:
+                chunk = await proc.stderr.receive_some(4096)
+                if not chunk:
+                    break
+                log += chunk
+            code = await proc.wait()
+        nursery.cancel_scope.cancel()
+    assert code == 0, log.decode()[-2000:]
+    snap = sim.ledger.snapshot()
+    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    tokens = [inst.runner.token.encode() for inst in sim.instances.values()]
+    for token in tokens:
+        assert token not in log and token.decode() not in metrics
+    assert b"stopped" in log
