@@ -16,7 +16,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_clean() -> None:
-    proc = run("ruff", "check", "scheduler", "tests", "bench", "grafana")
+    dirs = [d for d in ("scheduler", "tests", "bench", "grafana") if (ROOT / d).is_dir()]
+    proc = run("ruff", "check", *dirs)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
