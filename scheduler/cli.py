@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -11,8 +13,11 @@ from pathlib import Path
 import trio
 
 from scheduler import __version__
-from scheduler.config import ConfigError, load_config, render_config, token_file_warning
+from scheduler.config import ConfigError, config_warnings, load_config, render_config
 from scheduler.logs import setup_logging
+from scheduler.service import Service
+
+log = logging.getLogger("scheduler.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the daemon")
+    run = sub.add_parser(
+        "run",
+        help="run the daemon",
+        description="SIGTERM/SIGINT/SIGQUIT: drain (no new tasks, running ones finish within "
+        "shutdown_timeout) and exit 0; a second one cancels running tasks at once. "
+        "SIGHUP: reload the config file.",
+    )
     run.add_argument("--config", "-c", type=Path, default=Path("config.toml"))
+    run.add_argument("--watch-config", action="store_true",
+                     help="reload the config file when it changes (checked every 2 s)")
 
     check = sub.add_parser("check-config", help="validate a config and print it resolved")
     check.add_argument("--config", "-c", type=Path, default=Path("config.toml"))
@@ -48,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         return check_config(args.config)
     if args.command == "run":
-        return run_daemon(args.config, args.log_level)
+        return run_daemon(args.config, args.log_level, watch=args.watch_config)
     if args.command == "demo":
         from scheduler import demo as demo_mod
 
@@ -67,16 +80,13 @@ def check_config(path: Path) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for c in config.connections:
-        if c.token_source.startswith("file:"):
-            warning = token_file_warning(Path(c.token_source.removeprefix("file:")))
-            if warning:
-                print(f"warning: {warning}", file=sys.stderr)
+    for warning in config_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     print(render_config(config), end="")
     return 0
 
 
-def run_daemon(path: Path, log_level: str) -> int:
+def run_daemon(path: Path, log_level: str, *, watch: bool = False) -> int:
     setup_logging(log_level)
     try:
         config = load_config(path)
@@ -84,20 +94,13 @@ def run_daemon(path: Path, log_level: str) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     setup_logging(log_level, secrets=[c.token for c in config.connections])
-    for c in config.connections:
-        if c.token_source.startswith("file:"):
-            warning = token_file_warning(Path(c.token_source.removeprefix("file:")))
-            if warning:
-                import logging
-
-                logging.getLogger("scheduler").warning("%s", warning)
-    from scheduler.service import Service
-
     service = Service(config)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(handle_signals, service)
+            nursery.start_soon(handle_signals, service, path)
+            if watch:
+                nursery.start_soon(watch_config, service, path)
             await service.run()
             nursery.cancel_scope.cancel()
 
@@ -105,16 +108,38 @@ def run_daemon(path: Path, log_level: str) -> int:
     return 0
 
 
-async def handle_signals(service: object) -> None:
-    """First SIGTERM/SIGINT: drain. Second: cancel running tasks at once."""
-    from scheduler.service import Service
-
-    assert isinstance(service, Service)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        count = 0
-        async for _ in signals:
-            count += 1
-            if count == 1:
+async def handle_signals(service: Service, path: Path) -> None:
+    """First SIGTERM/SIGINT/SIGQUIT: drain. Second: cancel running tasks. SIGHUP: reload."""
+    stops = 0
+    with trio.open_signal_receiver(
+        signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP
+    ) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: reloading %s", path)
+                service.reload_file(path)
+                continue
+            stops += 1
+            if stops == 1:
                 service.request_stop()
             else:
                 service.abort()
+
+
+async def watch_config(service: Service, path: Path, every: float = 2.0) -> None:
+    """Reload when the file's content changes (compared by hash, so touch is harmless)."""
+    last = _digest(path)
+    while True:
+        await trio.sleep(every)
+        now = _digest(path)
+        if now != last:
+            last = now
+            log.info("%s changed: reloading", path)
+            service.reload_file(path)
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None

@@ -104,6 +104,7 @@ class ConnectionLoop:
     pending: PendingFetch | None = None
     attempts: int = 0  # sends of the current pending key
     last_error: str = ""
+    redeclare: bool = False  # labels changed by a reload: Declare again before the next fetch
     stopping: trio.Event = attrs.field(factory=trio.Event)
     resolve_deadline: float = float("inf")
 
@@ -129,6 +130,13 @@ class ConnectionLoop:
             if self.pending is None:
                 if self.stopping.is_set():
                     break
+                if self.redeclare:
+                    self.redeclare = False
+                    await self._declare_until_up()
+                    # New labels may match jobs the server's tasks_version shortcut would
+                    # hide from us ("nothing new since version N"): ask for a real query.
+                    self.tasks_version = 0
+                    continue
                 self.phase = Phase.HUNGRY
                 try:
                     k = await self.pool.acquire(self.name)

@@ -37,10 +37,11 @@ class SlotPool:
         self._waiters: dict[str, trio.Event] = {}
         self._hungry_since: dict[str, float] = {}
         self._granted: dict[str, int] = {}
+        self._closed_names: set[str] = set()
 
     async def acquire(self, name: str) -> int:
         """Wait until ``name`` is granted k ≥ 1 slots; returns k (now reserved for it)."""
-        if self.closed:
+        if self.closed or name in self._closed_names:
             raise PoolClosed
         if name in self._waiters:
             raise RuntimeError(f"{name} is already waiting for slots")
@@ -108,6 +109,22 @@ class SlotPool:
         for event in list(self._waiters.values()):
             event.set()
         self._on_change()
+
+    def close_connection(self, name: str) -> None:
+        """No more grants for ``name`` (it is being removed); its waiter gets PoolClosed."""
+        self._closed_names.add(name)
+        self.ledger.withdraw(name)
+        event = self._waiters.get(name)
+        if event is not None and name not in self._granted:
+            event.set()
+        self._dispatch()
+
+    def reopen_connection(self, name: str) -> None:
+        self._closed_names.discard(name)
+
+    def dispatch(self) -> None:
+        """Re-run the grant rule (after a capacity or share change)."""
+        self._dispatch()
 
     def _dispatch(self) -> None:
         if not self.closed:

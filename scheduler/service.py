@@ -23,7 +23,13 @@ import attrs
 import trio
 
 from scheduler import __version__
-from scheduler.config import Config, ConnectionSettings
+from scheduler.config import (
+    Config,
+    ConfigError,
+    ConnectionSettings,
+    config_warnings,
+    load_config,
+)
 from scheduler.connection import ConnectionLoop, Phase
 from scheduler.executor import Executor
 from scheduler.executor.host import HostExecutor
@@ -32,6 +38,7 @@ from scheduler.keys import KeyStore
 from scheduler.metrics import Metrics
 from scheduler.pool import SlotPool
 from scheduler.protocol import RunnerClient, ssl_context
+from scheduler.reload import plan_reload
 from scheduler.slots import Grant, SlotLedger
 
 log = logging.getLogger(__name__)
@@ -40,10 +47,6 @@ ClientFactory = Callable[[ConnectionSettings, float], RunnerClient]
 
 
 def default_client(settings: ConnectionSettings, timeout: float) -> RunnerClient:
-    if settings.insecure:
-        log.warning(
-            "connection %s: TLS certificate verification is OFF (insecure = true)", settings.name
-        )
     ca = str(settings.ca_file) if settings.ca_file else None
     return RunnerClient(
         settings.url,
@@ -93,6 +96,8 @@ class Service:
         self._task_scopes: dict[str, trio.CancelScope] = {}
         self._orphans: dict[str, list[tuple[int, bool]]] = {}
         self._drain_deadline = float("inf")
+        self._conns: trio.Nursery | None = None
+        self._removing: set[str] = set()
 
     # --- control --------------------------------------------------------------------
 
@@ -109,6 +114,78 @@ class Service:
         self._stop.set()
         for scope in self._task_scopes.values():
             scope.cancel()
+
+    def reload_file(self, path: Path) -> bool:
+        """Reload from ``path``; an invalid file is refused and the running config stays."""
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays in force: %s", exc)
+            return False
+        self.reload(new)
+        return True
+
+    def reload(self, new: Config) -> None:
+        """Apply a changed config without disturbing running tasks (see scheduler.reload)."""
+        plan = plan_reload(self.config, new)
+        for warning in plan.kept:
+            log.warning("reload: %s", warning)
+        runner = plan.config.runner
+        if plan.capacity_changed:
+            log.info("reload: capacity %d -> %d", self.ledger.capacity, runner.capacity)
+            self.ledger.set_capacity(runner.capacity)
+            self.metrics.capacity_slots.set(runner.capacity)
+        self.config = plan.config
+        for c in plan.retuned:
+            log.info("reload: connection %s: weight %g, slots %d..%d, fetch every %gs",
+                     c.name, c.weight, c.min_slots, c.max_slots, c.fetch_interval)
+            self.ledger.configure(c.name, weight=c.weight, min_slots=c.min_slots,
+                                  max_slots=c.max_slots)
+            self.metrics.add_connection(c.name, weight=c.weight, min_slots=c.min_slots,
+                                        max_slots=c.max_slots)
+            loop = self.loops.get(c.name)
+            if loop is not None:
+                loop.settings = c
+                loop.redeclare = loop.redeclare or c.name in plan.relabelled
+        for loop in self.loops.values():
+            loop.runner = runner
+        for name in plan.removed:
+            self._remove_connection(name)
+        for c in plan.added:
+            self._add_connection(c)
+        self.pool.dispatch()
+
+    def _add_connection(self, c: ConnectionSettings) -> None:
+        log.info("reload: connection %s added (%s)", c.name, c.url)
+        self.ledger.add(c.name, weight=c.weight, min_slots=c.min_slots, max_slots=c.max_slots)
+        self.metrics.add_connection(c.name, weight=c.weight, min_slots=c.min_slots,
+                                    max_slots=c.max_slots)
+        self.pool.reopen_connection(c.name)
+        self.stores[c.name] = KeyStore(Path(self.config.runner.state_dir), c.name)
+        self._restore_one(c.name)
+        if self._conns is not None and not self._stop.is_set():
+            self._conns.start_soon(self._connection_main, c, name=f"connection-{c.name}")
+
+    def _remove_connection(self, name: str) -> None:
+        """Drain: no new grants, an unresolved key is still retried, running tasks finish."""
+        log.info("reload: connection %s removed; draining it", name)
+        self._removing.add(name)
+        self.pool.close_connection(name)
+        loop = self.loops.get(name)
+        if loop is not None:
+            loop.resolve_deadline = trio.current_time() + self.config.runner.shutdown_timeout
+            loop.stopping.set()
+
+    def _forget_connection(self, name: str) -> None:
+        """The last step of a removal, once its loop and tasks are done."""
+        self._removing.discard(name)
+        self.pool.release(name)  # an unresolved key past its deadline: it stays on disk
+        self.ledger.remove(name)
+        self.metrics.remove_connection(name)
+        self.loops.pop(name, None)
+        self.stores.pop(name, None)
+        self._task_scopes.pop(name, None)
+        log.info("reload: connection %s removed", name)
 
     # --- health (scheduler.http.HealthSource) ----------------------------------------
 
@@ -139,22 +216,27 @@ class Service:
 
     def _restore(self) -> None:
         """Before any grant: unresolved keys get their slots back, orphans are counted."""
-        for name, store in self.stores.items():
-            state = store.load()
-            if state.pending is not None:
-                got = self.pool.restore(name, state.pending.task_capacity)
-                log.info(
-                    "connection %s: found an unresolved request key (task capacity %d); "
-                    "%d slot(s) reserved for its retry",
-                    name, state.pending.task_capacity, got,
-                )
-            if state.running:
-                held = self.pool.adopt(name, len(state.running))
-                self._orphans[name] = [(t, i < held) for i, t in enumerate(state.running)]
+        for name in self.stores:
+            self._restore_one(name)
+
+    def _restore_one(self, name: str) -> None:
+        state = self.stores[name].load()
+        if state.pending is not None:
+            got = self.pool.restore(name, state.pending.task_capacity)
+            log.info(
+                "connection %s: found an unresolved request key (task capacity %d); "
+                "%d slot(s) reserved for its retry",
+                name, state.pending.task_capacity, got,
+            )
+        if state.running:
+            held = self.pool.adopt(name, len(state.running))
+            self._orphans[name] = [(t, i < held) for i, t in enumerate(state.running)]
 
     async def run(
         self, *, task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        for warning in config_warnings(self.config):
+            log.warning("%s", warning)
         self._restore()
         async with trio.open_nursery() as root:
             address = None
@@ -164,6 +246,7 @@ class Service:
                 address = await root.start(serve_http, app, listen.host, listen.port)
                 log.info("metrics and health on http://%s:%d/metrics", *address)
             async with trio.open_nursery() as conns:
+                self._conns = conns
                 for c in self.config.connections:
                     conns.start_soon(self._connection_main, c, name=f"connection-{c.name}")
                 self.phase = "running"
@@ -217,6 +300,8 @@ class Service:
                     tasks.start_soon(loop.report_orphan, task_id, holds_slot)
                 await loop.run(tasks)
             loop.phase = Phase.STOPPED
+        if name in self._removing:
+            self._forget_connection(name)
 
     # --- metrics --------------------------------------------------------------------
 
