@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import trio
 
 from scheduler.sim import FaultPlan, InstanceSpec, Simulator
-
-ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "scheduler"]
+from tests.daemon import CLI, ROOT, Daemon
 
 
 def test_demo_json_report() -> None:
@@ -74,40 +69,45 @@ async def test_run_daemon_serves_metrics_and_stops_on_sigterm(tmp_path: Path) ->
         for name in "ab":
             for _ in range(3):
                 sim.instances[name].add_job(duration=0.2)
-        proc = await trio.lowlevel.open_process(
-            [*CLI, "run", "--config", str(config)], cwd=ROOT,
-            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert proc.stderr is not None
-        log = b""
-        with trio.fail_after(30):
-            while b"/metrics" not in log:
-                log += await proc.stderr.receive_some(4096)
-        match = re.search(rb"http://127\.0\.0\.1:(\d+)/metrics", log)
-        assert match
-        base = f"http://127.0.0.1:{int(match.group(1))}"
+        daemon = Daemon(config)
+        await daemon.start(nursery)
         with trio.fail_after(60):
             while sim.ledger.snapshot()["finished"] < 6:
                 await trio.sleep(0.1)
-        async with httpx.AsyncClient(base_url=base) as http:
+        async with httpx.AsyncClient(base_url=daemon.metrics_url) as http:
             metrics = (await http.get("/metrics")).text
             assert (await http.get("/healthz")).status_code == 200
             assert (await http.get("/readyz")).status_code == 200
         assert 'forgejo_scheduler_tasks_finished_total{connection="a",result="success"} 3.0' \
             in metrics
-        proc.send_signal(signal.SIGTERM)
-        with trio.fail_after(30):
-            while True:
-                chunk = await proc.stderr.receive_some(4096)
-                if not chunk:
-                    break
-                log += chunk
-            code = await proc.wait()
+        daemon.signal(signal.SIGTERM)
+        code = await daemon.wait()
         nursery.cancel_scope.cancel()
-    assert code == 0, log.decode()[-2000:]
+    assert code == 0, daemon.log.decode()[-2000:]
     snap = sim.ledger.snapshot()
     assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
-    tokens = [inst.runner.token.encode() for inst in sim.instances.values()]
-    for token in tokens:
-        assert token not in log and token.decode() not in metrics
-    assert b"stopped" in log
+    for inst in sim.instances.values():
+        token = inst.runner.token
+        assert token.encode() not in daemon.log and token not in metrics
+    assert b"stopped" in daemon.log
+
+
+async def test_second_sigterm_cancels_running_tasks_and_reports_them(tmp_path: Path) -> None:
+    sim = Simulator(["a"], seed=5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sim.serve, "127.0.0.1", 0)
+        config = sim.write_runner_config(tmp_path / "config.toml", capacity=1,
+                                         state_dir=tmp_path / "state", fetch_interval=0.2)
+        sim.instances["a"].add_job(duration=300)
+        daemon = Daemon(config)
+        await daemon.start(nursery)
+        with trio.fail_after(30):
+            while not any(t.updates for t in sim.instances["a"].tasks.values()):
+                await trio.sleep(0.05)
+        daemon.signal(signal.SIGTERM)  # drain: would wait up to shutdown_timeout (10 min)
+        await trio.sleep(0.5)
+        daemon.signal(signal.SIGTERM)  # cancel now
+        code = await daemon.wait(within=30)
+        nursery.cancel_scope.cancel()
+    assert code == 0
+    assert sim.ledger.snapshot()["results"] == {"RESULT_CANCELLED": 1}
