@@ -26,7 +26,7 @@ RESTARTED = "the runner restarted while this task was running"
 
 async def until(predicate: Callable[[], bool], within: float = 60) -> None:
     with trio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110
+        while not predicate():
             await trio.sleep(0.05)
 
 

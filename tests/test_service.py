@@ -66,7 +66,7 @@ async def world(
 async def wait_for(predicate: Callable[[], bool], *, within: float = 3600.0) -> None:
     """Poll a condition on the (mock) clock; the services under test expose no events."""
     with trio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110
+        while not predicate():
             await trio.sleep(0.05)
 
 
