@@ -58,6 +58,20 @@ async def test_duplicates_after_the_runner_finished_a_task() -> None:
         assert not sim.ledger.tasks[t3].duplicate
 
 
+async def test_a_second_start_time_is_a_second_execution() -> None:
+    async with running() as sim, httpx.AsyncClient() as client:
+        rpc = Rpc(sim, client)
+        sim.instances["a"].add_job()
+        (t,) = ids_of(await rpc.fetch(capacity=1))
+        first = {"state": {"id": str(t), "startedAt": "2026-01-01T00:00:00Z"}}
+        await rpc.ok("UpdateTask", first)
+        await rpc.ok("UpdateTask", first)  # heartbeats of one execution
+        assert sim.ledger.duplicate_executions == 0
+        second = {"state": {"id": str(t), "startedAt": "2026-01-01T00:00:07Z"}}
+        await rpc.ok("UpdateTask", second)
+        assert sim.ledger.duplicate_executions == 1
+
+
 async def test_zombie_reaper_fails_silent_tasks(autojump_clock: trio.abc.Clock) -> None:
     async with running(InstanceSpec("a", zombie_timeout=600)) as sim:
         async with httpx.AsyncClient() as client:
@@ -131,6 +145,7 @@ def test_ledger_unit() -> None:
     led.finished(a, Result.SUCCESS, "runner", 1.0)
     led.finished(a, Result.FAILURE, "zombie", 2.0)  # a second ending is ignored
     snap = led.snapshot()
-    assert snap["delivered"] == 2 and snap["duplicate_executions"] == 1
+    assert snap["delivered"] == 2 and snap["redelivered"] == 1
+    assert snap["duplicate_executions"] == 0
     assert snap["finished"] == 1 and snap["zombie"] == 0 and snap["lost"] == 1
     assert snap["peak_outstanding"] == 2 and snap["outstanding"] == 1

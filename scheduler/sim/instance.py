@@ -606,6 +606,9 @@ class SimInstance:
         outputs = parse_string_map(field(body, "outputs"), "outputs")
         task = self._task_of(runner, task_id, "update task")
         now = trio.current_time()
+        starts = {u.started_at for u in task.updates if u.started_at is not None}
+        if started is not None and starts and started not in starts:
+            self.ledger.duplicate(task.id, "executed twice: UpdateTask with a second startedAt")
         task.updates.append(UpdateRecord(now, result, started, stopped, steps, outputs, dict(body)))
         task.last_activity = now
         record = self.ledger.tasks[task.id]

@@ -13,7 +13,12 @@ Definitions (per task, counted once):
   server-side cancel, or the zombie reaper).
 - ``zombie``: finished by the zombie reaper (the runner went silent).
 - ``lost``: not finished at report time, or finished only by the zombie reaper.
-- ``duplicate_executions``: delivered complete more than once, or given a non-final
+- ``redelivered``: delivered complete more than once (a Forgejo 15 replay of a key whose
+  first answer did arrive). Not by itself a second execution: a runner that dies
+  between reading an answer and recording it retries the key and gets the task again
+  without ever having started it.
+- ``duplicate_executions``: the runner ran the task twice: UpdateTask states with two
+  different ``startedAt`` (each execution has its own start), or a non-final
   UpdateTask / new log rows after the runner itself had reported it final.
 - ``outstanding``: assigned and not finished, now; ``peak_outstanding`` its maximum over
   time. Counted over all instances: one runner process serves them all, so its capacity
@@ -65,6 +70,7 @@ class TaskRecord:
 class _Counts:
     assigned: int = 0
     delivered: int = 0
+    redelivered: int = 0
     finished: int = 0
     zombie: int = 0
     cancelled: int = 0
@@ -108,7 +114,8 @@ class Ledger:
                 for c in self._both(rec.instance):
                     c.delivered += 1
             elif rec.deliveries == 2:
-                self.duplicate(task_id, "delivered again")
+                for c in self._both(rec.instance):
+                    c.redelivered += 1
 
     def finished(self, task_id: int, result: Result, by: FinishedBy, now: float) -> None:
         rec = self.tasks[task_id]
