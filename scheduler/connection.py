@@ -355,7 +355,13 @@ class ConnectionLoop:
                 try:
                     ack = await self.client.update_log(task_id, 0, (), False)
                     row = LogRow(dt.datetime.now(dt.UTC), f"forgejo-scheduler: {reason}")
-                    await self.client.update_log(task_id, ack, (row,), True)
+                    try:
+                        await self.client.update_log(task_id, ack, (row,), True)
+                    except ConnectError as exc:
+                        # Archived: the task had ended and been reported just before the
+                        # crash; the UpdateTask below changes nothing on the server then.
+                        if exc.code != "already_exists":
+                            raise
                     now = dt.datetime.now(dt.UTC)
                     await self.client.update_task(
                         TaskState(id=task_id, result=Result.FAILURE, stopped_at=now)

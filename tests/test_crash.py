@@ -11,6 +11,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -121,3 +122,36 @@ async def test_key_persisted_but_never_sent_behaves_as_a_fresh_request(
         nursery.cancel_scope.cancel()
     assert sim.ledger.snapshot()["lost"] == 0
     assert KeyStore(tmp_path / "state", "a").load().pending is None
+
+
+async def test_orphan_that_had_already_finished_is_settled_quietly(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Killed after the final report was acknowledged but before the id left the state
+    # file: on restart the log is archived already; the runner must not retry forever.
+    sim = Simulator(["a"], seed=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sim.serve, "127.0.0.1", 0)
+        path = sim.write_runner_config(tmp_path / "config.toml", capacity=1,
+                                       state_dir=tmp_path / "state", fetch_interval=1.0)
+        sim.instances["a"].add_job(duration=1)
+        service = Service(load_config(path), executor=SimulatedExecutor(), seed=1)
+        await nursery.start(service.run)
+        await until(lambda: sim.ledger.snapshot()["finished"] == 1, within=120)
+        service.request_stop()
+        await until(lambda: service.phase == "stopped")
+        (task_id,) = sim.instances["a"].tasks
+        store = KeyStore(tmp_path / "state", "a")
+        store.load()
+        store.resolve((task_id,))  # as if the process died before forgetting it
+        again = Service(load_config(path), executor=SimulatedExecutor(), seed=1)
+        await nursery.start(again.run)
+        await until(lambda: KeyStore(tmp_path / "state", "a").load().running == (), within=120)
+        assert again.ledger.running("a") == 0
+        sim.instances["a"].add_job(duration=1)  # the slot is free again
+        await until(lambda: sim.ledger.snapshot()["finished"] == 2, within=120)
+        again.request_stop()
+        await until(lambda: again.phase == "stopped")
+        nursery.cancel_scope.cancel()
+    assert sim.ledger.snapshot()["results"] == {"RESULT_SUCCESS": 2}
+    assert not any("gave up" in r.message for r in caplog.records)
