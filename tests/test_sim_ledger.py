@@ -44,8 +44,13 @@ async def test_duplicates_after_the_runner_finished_a_task() -> None:
         for t in (t1, t2, t3):
             await rpc.ok("UpdateLog", {"taskId": str(t), "rows": [{"content": "a"}]})
             await rpc.ok("UpdateTask", final_state(t))
-        # t1: a non-final UpdateTask after the final one
+        # t1: a non-final UpdateTask after the final one: a late heartbeat, not a rerun...
         await rpc.ok("UpdateTask", {"state": {"id": str(t1)}})
+        assert sim.ledger.duplicate_executions == 0
+        assert sim.ledger.snapshot()["late_updates"] == 1
+        # ...unless it carries another start time: that is a second execution.
+        await rpc.ok("UpdateTask", {"state": {"id": str(t1), "startedAt": "2026-01-01T00:00:00Z"}})
+        await rpc.ok("UpdateTask", {"state": {"id": str(t1), "startedAt": "2026-01-01T00:01:00Z"}})
         assert sim.ledger.duplicate_executions == 1
         # t2: new log rows after the final UpdateTask (a resend of stored rows is fine)
         await rpc.ok("UpdateLog", {"taskId": str(t2), "rows": [{"content": "a"}]})

@@ -18,8 +18,10 @@ Definitions (per task, counted once):
   between reading an answer and recording it retries the key and gets the task again
   without ever having started it.
 - ``duplicate_executions``: the runner ran the task twice: UpdateTask states with two
-  different ``startedAt`` (each execution has its own start), or a non-final
-  UpdateTask / new log rows after the runner itself had reported it final.
+  different ``startedAt`` (each execution has its own start), or new log rows after
+  the runner itself had reported it final.
+- ``late_updates``: non-final UpdateTasks that arrived after the runner's final one
+  (a heartbeat overtaken by the final report; Forgejo ignores them).
 - ``outstanding``: assigned and not finished, now; ``peak_outstanding`` its maximum over
   time. Counted over all instances: one runner process serves them all, so its capacity
   bounds this number (apart from tasks lost in dropped answers on Forgejo 14).
@@ -75,6 +77,7 @@ class _Counts:
     zombie: int = 0
     cancelled: int = 0
     duplicate_executions: int = 0
+    late_updates: int = 0
     outstanding: int = 0
     peak_outstanding: int = 0
 
@@ -132,6 +135,10 @@ class Ledger:
 
     def runner_final(self, task_id: int) -> None:
         self.tasks[task_id].runner_final = True
+
+    def late_update(self, task_id: int) -> None:
+        for c in self._both(self.tasks[task_id].instance):
+            c.late_updates += 1
 
     def duplicate(self, task_id: int, reason: str) -> None:
         rec = self.tasks[task_id]
