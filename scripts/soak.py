@@ -60,7 +60,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         await nursery.start(sim.serve, "127.0.0.1", 0)
         config = sim.write_runner_config(
             workdir / "config.toml", capacity=args.capacity, state_dir=workdir / "state",
-            fetch_interval=0.2, fetch_timeout=5, shutdown_timeout=60,
+            fetch_interval=0.05, fetch_timeout=5, shutdown_timeout=60,
         )
         t0 = trio.current_time()
         daemon = Daemon(config)
@@ -113,7 +113,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=420.0)
+    parser.add_argument("--duration", type=float, default=600.0)
     parser.add_argument("--kill-every", type=float, default=60.0)
     parser.add_argument("--min-fetches", type=int, default=10_000)
     parser.add_argument("--capacity", type=int, default=6)
