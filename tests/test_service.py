@@ -280,3 +280,20 @@ async def test_shutdown_timeout_cancels_and_reports(
         await wait_for(lambda: service.phase == "stopped", within=60)
     snap = sim.ledger.snapshot()
     assert snap["lost"] == 0 and snap["results"] == {"RESULT_CANCELLED": 1}
+
+
+async def test_drain_keeps_retrying_an_unresolved_key(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    specs = [InstanceSpec("a", faults=FaultPlan(drop_after_assign=1.0))]
+    async with world(tmp_path, specs, capacity=2, shutdown_timeout=300) as (sim, service, ex):
+        sim.instances["a"].add_job(duration=5)
+        await wait_for(lambda: sim.ledger.snapshot()["assigned"] == 1)
+        service.request_stop()
+        await trio.sleep(60)  # still draining: the task may be (and is) assigned
+        assert service.phase == "draining"
+        sim.instances["a"].set_faults(FaultPlan())
+        await wait_for(lambda: service.phase == "stopped")
+    assert ex.executed == list(sim.instances["a"].tasks)
+    snap = sim.ledger.snapshot()
+    assert snap["lost"] == 0 and snap["results"] == {"RESULT_SUCCESS": 1}
