@@ -297,7 +297,8 @@ async def test_job_timeout(tmp_path: Path) -> None:
     result, rep, _ = await run(tmp_path, payload)
     assert time.monotonic() - t0 < 10
     assert result is Result.FAILURE
-    assert [s.result for s in rep.steps] == [Result.SUCCESS, Result.FAILURE, Result.SKIPPED]
+    # As forgejo-runner: no later step runs after a job timeout (not even always()).
+    assert [s.result for s in rep.steps] == [Result.SUCCESS, Result.FAILURE, Result.CANCELLED]
     assert step_rows(rep, rep.steps[1]) == [
         "Error: the job exceeded its timeout-minutes (0.02) and was stopped"
     ]
@@ -378,60 +379,72 @@ async def test_run_command_missing_program(tmp_path: Path) -> None:
         await run_command(["/nonexistent/prog"], cwd=tmp_path, env={}, on_line=print)
 
 
-# --- what the minimal executor refuses, clearly -----------------------------------------
-
-
-async def test_uses_fails_clearly(tmp_path: Path) -> None:
-    payload = workflow("""
-        - uses: actions/checkout@v4
-        - run: echo never
-        """)
-    result, rep, _ = await run(tmp_path, payload)
-    assert result is Result.FAILURE
-    assert [s.result for s in rep.steps] == [Result.FAILURE, Result.SKIPPED]
-    (line,) = step_rows(rep, rep.steps[0])
-    assert "`uses:` needs the full executor, not available yet" in line
-    assert "actions/checkout@v4" in line
+# --- what the host executor refuses, clearly ----------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("step", "needle"),
     [
-        ("- if: success()\n  run: echo x", "`if:` needs the full executor"),
-        ("- run: echo ${{ github.sha }}", "the script uses an expression"),
-        ("- env:\n    A: ${{ secrets.X }}\n  run: echo x", "env A uses an expression"),
-        ("- shell: pwsh\n  run: echo x", "shell 'pwsh' needs the full executor"),
+        ("- uses: docker://alpine:3\n", "is a docker action, which needs a container executor"),
+        ("- uses: ./.github/workflows/x.yml\n", "is a reusable workflow"),
+        ("- shell: no-such-shell-xyz {0}\n  run: echo x", "no-such-shell-xyz: command not found"),
+        ("- shell: frobnicate\n  run: echo x", "neither a known shell nor a template"),
         ("- working-directory: nope\n  run: echo x", "working-directory 'nope' does not exist"),
         ("- timeout-minutes: soon\n  run: echo x", "timeout-minutes is not a number"),
+        ("- run: echo ${{ nope( }}", "cannot evaluate"),
+        ("- if: nope(\n  run: echo x", "Error in if-expression"),
     ],
 )
-async def test_unsupported_step_features(tmp_path: Path, step: str, needle: str) -> None:
-    result, rep, _ = await run(tmp_path, workflow(step))
+async def test_step_failures_say_why(tmp_path: Path, step: str, needle: str) -> None:
+    result, rep, _ = await run(tmp_path, workflow(step + "\n- run: echo never"))
     assert result is Result.FAILURE
-    assert rep.steps[0].result is Result.FAILURE
-    (line,) = step_rows(rep, rep.steps[0])
-    assert needle in line
+    assert [s.result for s in rep.steps] == [Result.FAILURE, Result.SKIPPED]
+    lines = step_rows(rep, rep.steps[0])
+    assert any(needle in line for line in lines), lines
+    assert "never" not in rows(rep)
 
 
-async def test_step_with_if_after_failure_says_why(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("uses", "needle"),
+    [
+        ("actions/checkout@v4", "the task context has no forgejo_default_actions_url"),
+        ("not-a-reference", "Input string was not in a correct format"),
+    ],
+)
+async def test_remote_actions_are_resolved_while_setting_up(
+    tmp_path: Path, uses: str, needle: str
+) -> None:
+    """As forgejo-runner: fetching actions is the pre stage; it fails the job before step 0."""
+    result, rep, _ = await run(tmp_path, workflow(f"- run: echo one\n- uses: {uses}\n"))
+    assert result is Result.FAILURE
+    assert [s.result for s in rep.steps] == [Result.SKIPPED, Result.SKIPPED]
+    assert any(needle in line for line in rows(rep)), rows(rep)
+    assert "one" not in rows(rep)
+
+
+async def test_if_always_runs_after_a_failure(tmp_path: Path) -> None:
     payload = workflow("""
         - run: exit 1
         - run: echo skipped
         - if: always()
           run: echo cleanup
+        - if: failure()
+          run: echo "status ${{ job.status }}"
         """)
     result, rep, _ = await run(tmp_path, payload)
     assert result is Result.FAILURE
-    assert [s.result for s in rep.steps] == [Result.FAILURE, Result.SKIPPED, Result.FAILURE]
-    assert "`if:` needs the full executor" in step_rows(rep, rep.steps[2])[0]
+    assert [s.result for s in rep.steps] == [
+        Result.FAILURE, Result.SKIPPED, Result.SUCCESS, Result.SUCCESS
+    ]
+    assert [step_rows(rep, s) for s in rep.steps[2:]] == [["cleanup"], ["status failure"]]
 
 
 @pytest.mark.parametrize(
     ("job_extra", "needle"),
     [
-        ("container: node:20", "`container:` needs the full executor"),
-        ("services:\n  db:\n    image: postgres", "`services:` needs the full executor"),
-        ("if: github.ref == 'x'", "`if:` on the job needs the full executor"),
+        ("container: node:20", "`container:` needs a container executor"),
+        ("services:\n  db:\n    image: postgres", "`services:` needs a container executor"),
+        ("uses: ./.github/workflows/other.yml", "does not run job-level `uses:`"),
     ],
 )
 async def test_unsupported_job_features(tmp_path: Path, job_extra: str, needle: str) -> None:
@@ -442,22 +455,34 @@ async def test_unsupported_job_features(tmp_path: Path, job_extra: str, needle: 
     assert any(needle in r for r in rows(rep))
 
 
+async def test_job_if_false_skips_the_job(tmp_path: Path) -> None:
+    payload = workflow("- run: echo a\n- run: echo b", job_extra="if: github.ref == 'x'")
+    result, rep, _ = await run(tmp_path, payload)
+    assert result is Result.SKIPPED
+    assert [s.result for s in rep.steps] == [Result.SKIPPED, Result.SKIPPED]
+    assert "Skipping job 'build' due to 'github.ref == 'x''" in rows(rep)
+
+
 @pytest.mark.parametrize(
-    ("payload", "needle"),
+    ("labels", "needle"),
     [
-        (b"", "the task has no workflow payload"),
-        (b"jobs: [", "not valid YAML"),
-        (b"on: push\njobs:\n  a:\n    steps: []\n  b:\n    steps: []\n",
-         "exactly one job expected, the workflow has 2: a, b"),
-        (b"on: push\njobs: {}\n", "the workflow has no jobs"),
-        (b"jobs:\n  a:\n    steps:\n      - name: nothing\n", "has neither run: nor uses:"),
+        (["host:docker://node:20"], "picks the label 'host:docker://node:20'"),
+        (["host:lxc"], "picks the label 'host:lxc'"),
+        (["other:host"], "matches none of this runner's labels"),
     ],
 )
-async def test_bad_payload_fails_clearly(tmp_path: Path, payload: bytes, needle: str) -> None:
-    result, rep, _ = await run(tmp_path, payload)
-    assert result is Result.FAILURE
-    assert rep.steps == ()
-    assert any(needle in r for r in rows(rep)), rows(rep)
+async def test_labels_other_than_host_fail_clearly(
+    tmp_path: Path, labels: list[str], needle: str
+) -> None:
+    task = make_task(workflow("- run: echo a"))
+    reporter = TaskReporter(NoServer(), task, connection="test")
+    executor = HostExecutor(tmp_path / "work", labels={"test": labels})
+    assert await executor.execute(task, reporter) is Result.FAILURE
+    assert reporter.steps[0].result is Result.SKIPPED
+    assert any(needle in r and "needs a container executor" in r for r in rows(reporter))
+    ok = HostExecutor(tmp_path / "work", labels=["host:host"])
+    reporter = TaskReporter(NoServer(), task, connection="test")
+    assert await ok.execute(task, reporter) is Result.SUCCESS
 
 
 # --- parsing ------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Parsing ``Task.workflow_payload``: a single-job workflow, as Forgejo's jobparser writes it.
 
 The payload is YAML (executor.md §1.1, §1.2). Parsing only checks the shape and
-turns plain scalars into strings; it evaluates nothing. Whether a feature can be
-run (``uses:``, ``${{ }}``, ``container:``...) is the executor's decision, so a
-fuller executor can reuse this module.
+turns plain scalars into strings; it evaluates nothing (``${{ }}`` stays as written,
+because what an expression sees depends on when it is evaluated). Whether a feature
+can be run (``container:``, docker actions...) is the executor's decision. Composite
+actions' ``runs.steps`` are parsed by the same :func:`parse_step`.
 
 PyYAML implements YAML 1.1, where ``on``, ``yes`` and ``off`` are booleans, ``0777`` is
 octal and ``1:20`` is 80. Workflows are YAML 1.2 (GitHub, and Forgejo's Go parser), so
@@ -82,7 +83,7 @@ class RunDefaults:
 class Step:
     index: int  # 0-based, = StepState.id
     id: str  # ``id:`` or the index as a string, as forgejo-runner numbers id-less steps
-    name: str
+    name: str | None = None  # as written; may hold ``${{ }}``
     run: str | None = None
     uses: str | None = None
     shell: str | None = None
@@ -92,6 +93,19 @@ class Step:
     continue_on_error: str | bool = False
     timeout_minutes: str | float | None = None
     with_: Mapping[str, str] = attrs.field(factory=dict)
+
+    @property
+    def title(self) -> str:
+        """What forgejo-runner calls the step in its log lines (``Step.String``)."""
+        return self.name or self.uses or self.run or self.id
+
+
+@attrs.frozen
+class Strategy:
+    #: One combination: the server expands the matrix and sends one-element lists.
+    matrix: Mapping[str, Any] = attrs.field(factory=dict)
+    fail_fast: bool = True
+    max_parallel: int = 4
 
 
 @attrs.frozen
@@ -107,6 +121,9 @@ class Job:
     services: bool = False
     uses: str | None = None  # a reusable-workflow call
     outputs: Mapping[str, str] = attrs.field(factory=dict)
+    runs_on: tuple[str, ...] = ()
+    strategy: Strategy = Strategy()
+    needs: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -115,6 +132,9 @@ class Workflow:
     env: Mapping[str, str]
     defaults: RunDefaults
     job: Job
+    #: ``on.workflow_dispatch.inputs`` / ``on.workflow_call.inputs``: name -> definition.
+    dispatch_inputs: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    call_inputs: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
 
 
 def parse_workflow(payload: bytes) -> Workflow:
@@ -139,12 +159,28 @@ def parse_workflow(payload: bytes) -> Workflow:
         raise WorkflowError(f"exactly one job expected, the workflow has {len(jobs)}: {names}")
     ((job_id, job_doc),) = jobs.items()
     name = _optional_str(doc.get("name"), "name") or ""
+    # ``on`` is a string key in YAML 1.2; a YAML 1.1 writer may have made it ``true``.
+    on = doc.get("on", doc.get(True))
     return Workflow(
         name=name,
         env=_env(doc.get("env"), "env"),
         defaults=_defaults(doc.get("defaults"), "defaults"),
         job=_job(str(job_id), job_doc),
+        dispatch_inputs=_trigger_inputs(on, "workflow_dispatch"),
+        call_inputs=_trigger_inputs(on, "workflow_call"),
     )
+
+
+def _trigger_inputs(on: object, event: str) -> dict[str, Mapping[str, Any]]:
+    if not isinstance(on, Mapping):
+        return {}
+    trigger = on.get(event)
+    if not isinstance(trigger, Mapping):
+        return {}
+    inputs = trigger.get("inputs")
+    if not isinstance(inputs, Mapping):
+        return {}
+    return {str(k): (v if isinstance(v, Mapping) else {}) for k, v in inputs.items()}
 
 
 def _job(job_id: str, doc: object) -> Job:
@@ -160,7 +196,7 @@ def _job(job_id: str, doc: object) -> Job:
         raise WorkflowError(f"{where}.steps is not a list")
     # The server drops null steps before numbering them; do the same so ids line up.
     steps = tuple(
-        _step(i, s, f"{where}.steps[{i}]")
+        parse_step(i, s, f"{where}.steps[{i}]")
         for i, s in enumerate(s for s in steps_doc if s is not None)
     )
     outputs = doc.get("outputs")
@@ -176,10 +212,14 @@ def _job(job_id: str, doc: object) -> Job:
         services=doc.get("services") is not None,
         uses=_optional_str(doc.get("uses"), f"{where}.uses"),
         outputs=_env(outputs, f"{where}.outputs") if outputs is not None else {},
+        runs_on=_str_list(doc.get("runs-on"), f"{where}.runs-on"),
+        strategy=_strategy(doc.get("strategy"), f"{where}.strategy"),
+        needs=_str_list(doc.get("needs"), f"{where}.needs"),
     )
 
 
-def _step(index: int, doc: object, where: str) -> Step:
+def parse_step(index: int, doc: object, where: str) -> Step:
+    """One entry of a job's ``steps:`` (or of a composite action's ``runs.steps``)."""
     if not isinstance(doc, Mapping):
         raise WorkflowError(f"{where} is not a mapping")
     run = _optional_str(doc.get("run"), f"{where}.run")
@@ -189,16 +229,13 @@ def _step(index: int, doc: object, where: str) -> Step:
     if run is None and uses is None:
         raise WorkflowError(f"{where} has neither run: nor uses:")
     step_id = _optional_str(doc.get("id"), f"{where}.id") or str(index)
-    name = _optional_str(doc.get("name"), f"{where}.name")
-    if not name:
-        name = uses if uses is not None else (run or "").strip().split("\n", 1)[0]
     coe = doc.get("continue-on-error", False)
     if not isinstance(coe, bool):
         coe = _scalar(coe, f"{where}.continue-on-error")
     return Step(
         index=index,
         id=step_id,
-        name=name,
+        name=_optional_str(doc.get("name"), f"{where}.name") or None,
         run=run,
         uses=uses,
         shell=_optional_str(doc.get("shell"), f"{where}.shell"),
@@ -211,6 +248,46 @@ def _step(index: int, doc: object, where: str) -> Step:
         timeout_minutes=_number(doc.get("timeout-minutes"), f"{where}.timeout-minutes"),
         with_=_env(doc.get("with"), f"{where}.with"),
     )
+
+
+def _strategy(value: object, where: str) -> Strategy:
+    if value is None:
+        return Strategy()
+    if not isinstance(value, Mapping):
+        raise WorkflowError(f"{where} is not a mapping")
+    matrix: dict[str, Any] = {}
+    raw = value.get("matrix")
+    if raw is not None and not isinstance(raw, Mapping):
+        raise WorkflowError(f"{where}.matrix is not a mapping (the server expands it)")
+    for key, values in (raw or {}).items():
+        if key in ("include", "exclude"):
+            continue
+        if isinstance(values, list):
+            if len(values) != 1:
+                raise WorkflowError(
+                    f"{where}.matrix.{key} has {len(values)} values; the server sends one "
+                    "combination per task"
+                )
+            matrix[str(key)] = values[0]
+        else:
+            matrix[str(key)] = values
+    fail_fast = value.get("fail-fast", True)
+    max_parallel = value.get("max-parallel", 4)
+    return Strategy(
+        matrix=matrix,
+        fail_fast=fail_fast if isinstance(fail_fast, bool) else str(fail_fast) != "false",
+        max_parallel=max_parallel if isinstance(max_parallel, int) else 4,
+    )
+
+
+def _str_list(value: object, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, list):
+        return tuple(_scalar(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, Mapping):  # ``runs-on: {group: x, labels: [...]}``
+        return _str_list(value.get("labels"), f"{where}.labels")
+    return (_scalar(value, where),)
 
 
 def _condition(doc: Mapping[Any, Any], where: str) -> str | None:
@@ -242,8 +319,7 @@ def _env(value: object, where: str) -> dict[str, str]:
         return {}
     if isinstance(value, str) and "${{" in value:
         raise WorkflowError(
-            f"{where} is an expression (${{{{ }}}}); expressions need the full executor, "
-            "not available yet"
+            f"{where} is a single expression (${{{{ }}}}); this executor needs a mapping here"
         )
     if not isinstance(value, Mapping):
         raise WorkflowError(f"{where} is not a mapping")

@@ -1,0 +1,145 @@
+"""Composite actions: ``runs.steps`` run in a scope of their own (``action_composite.go``).
+
+The composite's scope gets the step's env without its ``INPUT_*``, then one
+``INPUT_<NAME>`` per declared input (the ``with:`` value, else the interpolated
+``default``), ``GITHUB_ACTION_REPOSITORY``/``REF``, the action's directory as
+``github.action_path``, the job's ``GITHUB_PATH`` entries, and no ``secrets``. Its
+steps are ordinary steps (``run:``, ``uses:`` of any kind, nested composites), with
+their own ``if:`` (``success()`` looks at the composite's steps only), ids (index
+when absent), ``continue-on-error`` and ``timeout-minutes``; the first failure skips
+the rest by default and fails the composite step. Afterwards the action's
+``outputs.*.value`` become the outputs of the step that used it, and ``GITHUB_ENV``
+and ``GITHUB_PATH`` changes propagate to the job. Pre and post stages of the
+composite's steps run in the job's pre and post stages (posts in reverse order).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from scheduler.executor.contexts import ExprFailure
+from scheduler.executor.state import Scope
+from scheduler.executor.steps import (
+    MAIN,
+    POST,
+    PRE,
+    StepFailed,
+    StepRun,
+    has_stage,
+    input_key,
+    prepare,
+    run_action,
+    run_main,
+    run_stage,
+    stage_header,
+)
+
+
+@attrs.define(eq=False)
+class Composite:
+    scope: Scope
+    children: list[StepRun]
+
+
+def _env(sr: StepRun) -> dict[str, str]:
+    """``evaluateCompositeInputAndEnv``."""
+    action = sr.action
+    assert action is not None
+    env = {k: v for k, v in sr.env.items() if not k.startswith("INPUT_")}
+    defaults = sr.scope.evaluator(sr.env, github=sr.github())
+    for name, default in action.inputs.items():
+        key = input_key(name)
+        if name in sr.step.with_ and key in sr.env:
+            env[key] = sr.env[key]
+        else:
+            env[key] = defaults.interpolate(default or "")
+    env["GITHUB_ACTION_REPOSITORY"] = sr.remote.repository if sr.remote else ""
+    env["GITHUB_ACTION_REF"] = sr.remote.ref if sr.remote else ""
+    return env
+
+
+def ensure(sr: StepRun) -> Composite:
+    """The composite's scope and steps: built once, its env refreshed for every stage."""
+    parent = sr.scope
+    action = sr.action
+    assert action is not None and sr.action_dir is not None
+    env = _env(sr)
+    if isinstance(sr.composite, Composite):
+        sr.composite.scope.env = env
+        sr.composite.scope.extra_path = list(parent.extra_path)
+        return sr.composite
+    scope = Scope(
+        run=parent.run,
+        env=env,
+        secrets={},
+        global_env=parent.global_env,
+        extra_path=list(parent.extra_path),
+        action_path=str(sr.action_dir),
+        parent=parent,
+    )
+    composite = Composite(scope, [StepRun(step, scope) for step in action.steps])
+    sr.composite = composite
+    return composite
+
+
+async def run(sr: StepRun, stage: str) -> None:
+    try:
+        composite = ensure(sr)
+    except ExprFailure as exc:
+        raise StepFailed(str(exc)) from None
+    if stage == PRE:
+        await _pre(composite)
+    elif stage == MAIN:
+        await _main(sr, composite)
+    else:
+        await _post(composite)
+
+
+async def _pre(composite: Composite) -> None:
+    for child in composite.children:
+        await prepare(child)
+        if has_stage(child, PRE):
+            assert child.action is not None
+            result = await run_stage(
+                child, PRE, lambda c: run_action(c, PRE),
+                condition=child.action.pre_if, on_start=stage_header(child, PRE),
+            )
+            if result.conclusion == "failure":
+                raise StepFailed("")
+
+
+async def _main(sr: StepRun, composite: Composite) -> None:
+    scope = composite.scope
+    failed = False
+    for child in composite.children:
+        result = await run_stage(child, MAIN, run_main)
+        failed = failed or result.conclusion == "failure"
+    parent = sr.scope
+    outputs = scope.evaluator()
+    assert sr.action is not None
+    for name, value in sr.action.outputs.items():
+        try:
+            parent.set_output(name, outputs.interpolate(value))
+        except ExprFailure as exc:
+            parent.run.reporter.log(f"Error: output {name} of the action: {exc}")
+            failed = True
+    parent.extra_path = list(scope.extra_path)
+    parent.env.update(scope.global_env)
+    if failed:
+        raise StepFailed("")
+
+
+async def _post(composite: Composite) -> None:
+    failed = False
+    for child in reversed(composite.children):
+        result = composite.scope.step_results.get(child.step.id)
+        if result is None or result.conclusion == "skipped" or not has_stage(child, POST):
+            continue
+        assert child.action is not None
+        outcome = await run_stage(
+            child, POST, lambda c: run_action(c, POST),
+            condition=child.action.post_if, on_start=stage_header(child, POST),
+        )
+        failed = failed or outcome.conclusion == "failure"
+    if failed:
+        raise StepFailed("")
