@@ -206,6 +206,11 @@ class RunnerClient:
             raise TransportFailure("timeout", f"{method}: {type(exc).__name__}") from None
         except httpx.TransportError as exc:
             raise TransportFailure("transport", f"{method}: {type(exc).__name__}: {exc}") from None
+        except httpx.DecodingError as exc:
+            # A content-encoding (gzip, deflate...) whose body does not decode.
+            raise TransportFailure("malformed", f"{method}: {type(exc).__name__}: {exc}") from None
+        except httpx.HTTPError as exc:  # anything else httpx can raise about an answer
+            raise TransportFailure("transport", f"{method}: {type(exc).__name__}: {exc}") from None
         return self._interpret(method, resp, raw)
 
     async def _read_limited(self, resp: httpx.Response) -> bytes:
@@ -231,12 +236,14 @@ class RunnerClient:
         ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
         if resp.status_code == 200:
             if ctype != "application/json":
-                raise TransportFailure("malformed", f"{method}: content type {ctype or 'none'!r}")
+                shown = ctype[:80] or "none"
+                raise TransportFailure("malformed", f"{method}: content type {shown!r}")
             if not raw:
                 return {}
             try:
                 data = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
+                # RecursionError: nesting deeper than the interpreter's stack ("[[[[...").
                 raise TransportFailure("malformed", f"{method}: invalid JSON") from None
             if not isinstance(data, dict):
                 raise TransportFailure("malformed", f"{method}: answer is not a JSON object")
@@ -246,9 +253,10 @@ class RunnerClient:
             try:
                 err = json.loads(raw)
                 if isinstance(err, dict) and isinstance(err.get("code"), str):
-                    code = err["code"]
-                    message = str(err.get("message", ""))[:500]
-            except ValueError:
+                    code = err["code"][:100]
+                    text = err.get("message")
+                    message = text[:500] if isinstance(text, str) else ""
+            except (ValueError, RecursionError):
                 pass
         if not message:
             message = f"HTTP {resp.status_code}"

@@ -20,6 +20,7 @@ import base64
 import binascii
 import datetime as dt
 import enum
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,20 +70,27 @@ class Result(enum.IntEnum):
 # --- scalar helpers -------------------------------------------------------------
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# protojson's int64 strings: plain ASCII decimal. Python's int() would also take
+# "1_000", " 7 " and non-ASCII digits, none of which a proto3 peer sends.
+_INT64_TEXT = re.compile(r"-?[0-9]{1,19}")
+
+
 def _int64(value: object, where: str) -> int:
     if value is None:
         return 0
     if isinstance(value, bool):
         raise DecodeError(f"{where}: expected int64, got bool")
-    if isinstance(value, int):
-        return value
     if isinstance(value, str):
-        try:
-            return int(value, 10)
-        except ValueError:
-            raise DecodeError(f"{where}: expected int64, got {value[:40]!r}") from None
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+        if not _INT64_TEXT.fullmatch(value):
+            raise DecodeError(f"{where}: expected int64, got {value[:40]!r}")
+        value = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise DecodeError(f"{where}: {str(value)[:40]}... is out of the int64 range")
+        return value
     raise DecodeError(f"{where}: expected int64, got {type(value).__name__}")
 
 
@@ -168,7 +176,10 @@ def decode_time(value: object, where: str = "time") -> dt.datetime | None:
         raise DecodeError(f"{where}: invalid timestamp {value[:40]!r}") from None
     if parsed.tzinfo is None:
         raise DecodeError(f"{where}: timestamp without a time zone")
-    return parsed.astimezone(dt.UTC)
+    try:
+        return parsed.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise DecodeError(f"{where}: timestamp out of range {value[:40]!r}") from None
 
 
 def _put(out: JSON, key: str, value: object) -> None:
