@@ -188,7 +188,7 @@ def check_arity(name: str, count: int) -> None:
             wanted = str(low)
         else:
             wanted = f"{low} to {high}"
-        plural = "" if wanted == "1" else "s"
+        plural = "" if wanted in ("1", "at least 1") else "s"
         raise ExpressionError(f"{display}() takes {wanted} argument{plural}, got {count}")
 
 

@@ -60,8 +60,8 @@ _HINTS = {
     "&": "; did you mean '&&'?",
     "|": "; did you mean '||'?",
     "$": "; pass the expression without its ${{ }}",
-    "{": "; pass the expression without its ${{ }}",
-    "}": "; pass the expression without its ${{ }}",
+    "{": "; there are no object literals",
+    "}": "; an expression ends at }}: pass it without its ${{ }}",
     "+": "; there is no arithmetic",
     "-": "; there is no arithmetic ('-' only starts a number)",
 }
