@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -117,7 +118,9 @@ def _check_calls(tree: Node, source: str) -> None:
                 raise exc.located(source, node.offset) from None
 
 
+@functools.lru_cache(maxsize=1024)
 def compile_expression(source: str) -> Node:
+    """The checked syntax tree of ``source`` (trees are immutable, so they are cached)."""
     tree = parse(source)
     _check_calls(tree, source)
     return tree
