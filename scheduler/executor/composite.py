@@ -25,14 +25,14 @@ from scheduler.executor.steps import (
     PRE,
     StepFailed,
     StepRun,
-    has_stage,
     input_key,
-    prepare,
     run_action,
     run_main,
     run_stage,
     stage_header,
 )
+from scheduler.executor.steps import has_stage as has_stage_step
+from scheduler.executor.steps import prepare as prepare_step
 
 
 @attrs.define(eq=False)
@@ -58,19 +58,16 @@ def _env(sr: StepRun) -> dict[str, str]:
     return env
 
 
-def ensure(sr: StepRun) -> Composite:
-    """The composite's scope and steps: built once, its env refreshed for every stage."""
+def build(sr: StepRun) -> Composite:
+    """The composite's scope and steps, built once (its env is set per stage)."""
+    if isinstance(sr.composite, Composite):
+        return sr.composite
     parent = sr.scope
     action = sr.action
     assert action is not None and sr.action_dir is not None
-    env = _env(sr)
-    if isinstance(sr.composite, Composite):
-        sr.composite.scope.env = env
-        sr.composite.scope.extra_path = list(parent.extra_path)
-        return sr.composite
     scope = Scope(
         run=parent.run,
-        env=env,
+        env={},
         secrets={},
         global_env=parent.global_env,
         extra_path=list(parent.extra_path),
@@ -80,6 +77,27 @@ def ensure(sr: StepRun) -> Composite:
     composite = Composite(scope, [StepRun(step, scope) for step in action.steps])
     sr.composite = composite
     return composite
+
+
+def ensure(sr: StepRun) -> Composite:
+    """The composite, its env (inputs) and ``GITHUB_PATH`` refreshed for this stage."""
+    composite = build(sr)
+    composite.scope.env = _env(sr)
+    composite.scope.extra_path = list(sr.scope.extra_path)
+    return composite
+
+
+async def prepare(sr: StepRun) -> None:
+    """Fetch the remote actions the composite's steps use (the job's pre stage)."""
+    for child in build(sr).children:
+        await prepare_step(child)
+
+
+def has_stage(sr: StepRun, stage: str) -> bool:
+    """A composite has a pre/post stage if one of its (known) steps has one."""
+    if not isinstance(sr.composite, Composite):
+        return False
+    return any(has_stage_step(child, stage) for child in sr.composite.children)
 
 
 async def run(sr: StepRun, stage: str) -> None:
@@ -97,8 +115,7 @@ async def run(sr: StepRun, stage: str) -> None:
 
 async def _pre(composite: Composite) -> None:
     for child in composite.children:
-        await prepare(child)
-        if has_stage(child, PRE):
+        if has_stage_step(child, PRE):
             assert child.action is not None
             result = await run_stage(
                 child, PRE, lambda c: run_action(c, PRE),
@@ -133,7 +150,7 @@ async def _post(composite: Composite) -> None:
     failed = False
     for child in reversed(composite.children):
         result = composite.scope.step_results.get(child.step.id)
-        if result is None or result.conclusion == "skipped" or not has_stage(child, POST):
+        if result is None or result.conclusion == "skipped" or not has_stage_step(child, POST):
             continue
         assert child.action is not None
         outcome = await run_stage(

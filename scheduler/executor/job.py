@@ -92,7 +92,7 @@ class JobRunner:
         enabled = self.enabled()
         if not enabled:
             if enabled is False:
-                reporter.log(f"Skipping job '{job.name}' due to '{job.condition}'")
+                reporter.log(f"Skipping job '{job.name}' due to '{job.condition or 'success()'}'")
             self.skip_all()
             return Result.SKIPPED if enabled is False else Result.FAILURE
         try:

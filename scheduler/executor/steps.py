@@ -117,7 +117,8 @@ def setup_env(sr: StepRun) -> dict[str, str]:
         if not key or "=" in key or "\0" in key:
             raise StepFailed(f"env: invalid variable name {key!r}")
         env[key] = outer.interpolate(value)
-    inner = scope.evaluator(env, github=sr.github())
+    # ``with:`` sees the step's env; ``inputs`` are still the scope's (a composite's own).
+    inner = scope.evaluator(env, github=sr.github(), inputs_env=scope.get_env())
     for key, value in step.with_.items():
         env[input_key(key)] = inner.interpolate(value)
     for key, value in env.items():
@@ -346,6 +347,10 @@ async def prepare(sr: StepRun) -> None:
     except ActionError as exc:
         raise StepFailed(str(exc)) from None
     sr.remote, sr.action_dir = remote, directory
+    if sr.action.using == "composite":
+        from scheduler.executor import composite  # it builds on this module
+
+        await composite.prepare(sr)
 
 
 async def run_uses(sr: StepRun) -> None:
@@ -412,7 +417,9 @@ def has_stage(sr: StepRun, stage: str) -> bool:
     if action is None:
         return False
     if action.using == "composite":
-        return True
+        from scheduler.executor import composite  # it builds on this module
+
+        return composite.has_stage(sr, stage)
     if action.using == "docker":
         return False
     return bool(action.pre if stage == PRE else action.post)
