@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from scheduler.executor.expr.errors import ExpressionError
 from scheduler.executor.expr.evaluator import (
+    DefaultCheck,
     evaluate,
     evaluate_if,
     interpolate,
@@ -22,6 +23,7 @@ from scheduler.executor.expr.functions import StatusContext
 from scheduler.executor.expr.values import coerce_str, to_json, to_string, truthy
 
 __all__ = [
+    "DefaultCheck",
     "ExpressionError",
     "StatusContext",
     "coerce_str",
