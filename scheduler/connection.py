@@ -20,7 +20,6 @@ key is persisted before its first use and forgotten only after an answer.
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
 import logging
 import random
@@ -33,16 +32,15 @@ from scheduler.config import ConnectionSettings, RunnerSettings
 from scheduler.executor import Executor, reject_task, run_task
 from scheduler.keys import KeyStore, PendingFetch
 from scheduler.metrics import Metrics
+from scheduler.orphans import REASON, settle_orphan
 from scheduler.pool import PoolClosed, SlotPool
 from scheduler.protocol import (
     ConnectError,
     FetchTaskResponse,
-    LogRow,
     Result,
     RpcError,
     RunnerClient,
     Task,
-    TaskState,
 )
 
 log = logging.getLogger(__name__)
@@ -342,40 +340,15 @@ class ConnectionLoop:
             self.pool.finish(self.name)
 
     async def report_orphan(self, task_id: int, holds_slot: bool) -> None:
-        """A task that was running when the last process died: tell the server it failed.
-
-        It cannot be resumed (its process is gone), and left alone it would sit
-        "running" until Forgejo's zombie timeout. The log goes on after what the
-        server already holds: an empty UpdateLog asks for that index first.
-        """
-        reason = "the runner restarted while this task was running; it cannot be resumed"
-        log.warning("connection %s: task %d: %s; reporting it failed", self.name, task_id, reason)
+        """A task left running by a dead process: settle it (see scheduler.orphans)."""
+        log.warning("connection %s: task %d: %s; reporting it failed", self.name, task_id, REASON)
         try:
-            for attempt in range(10):
-                try:
-                    ack = await self.client.update_log(task_id, 0, (), False)
-                    row = LogRow(dt.datetime.now(dt.UTC), f"forgejo-scheduler: {reason}")
-                    try:
-                        await self.client.update_log(task_id, ack, (row,), True)
-                    except ConnectError as exc:
-                        # Archived: the task had ended and been reported just before the
-                        # crash; the UpdateTask below changes nothing on the server then.
-                        if exc.code != "already_exists":
-                            raise
-                    now = dt.datetime.now(dt.UTC)
-                    await self.client.update_task(
-                        TaskState(id=task_id, result=Result.FAILURE, stopped_at=now)
-                    )
-                    self.metrics.tasks_finished_total.labels(self.name, "failure").inc()
-                    break
-                except RpcError as exc:
-                    if not exc.outcome_unknown:
-                        log.error("connection %s: task %d: cannot report it failed: %s",
-                                  self.name, task_id, exc)
-                        break
-                    await trio.sleep(backoff(attempt, self.rng, base=0.5, cap=30.0))
-            else:
-                log.error("connection %s: task %d: gave up reporting it failed", self.name, task_id)
+            result = await settle_orphan(self.client, task_id, rng=self.rng)
+            if result is Result.FAILURE:
+                self.metrics.tasks_finished_total.labels(self.name, "failure").inc()
+            elif result is not None:
+                log.info("connection %s: task %d had already ended (%s)",
+                         self.name, task_id, result.name.lower())
         finally:
             self.store.task_done(task_id)
             if holds_slot:

@@ -153,5 +153,8 @@ async def test_orphan_that_had_already_finished_is_settled_quietly(
         again.request_stop()
         await until(lambda: again.phase == "stopped")
         nursery.cancel_scope.cancel()
-    assert sim.ledger.snapshot()["results"] == {"RESULT_SUCCESS": 2}
+    snap = sim.ledger.snapshot()
+    assert snap["results"] == {"RESULT_SUCCESS": 2} and snap["duplicate_executions"] == 0
+    assert not any(RESTARTED in line for line in sim.instances["a"].tasks[task_id].log_lines)
+    assert any("had already ended (success)" in r.message for r in caplog.records)
     assert not any("gave up" in r.message for r in caplog.records)

@@ -662,10 +662,10 @@ class SimInstance:
         if not rows or index > ack or index + len(rows) <= ack:
             put_int64(out, "ackIndex", ack)
             return out
+        if task.log_archived:  # refused rows were not written: nothing ran
+            raise ConnectError("already_exists", "log file has been archived")
         if self.ledger.tasks[task.id].runner_final:
             self.ledger.duplicate(task.id, "new log rows after the runner finished it")
-        if task.log_archived:
-            raise ConnectError("already_exists", "log file has been archived")
         task.log_rows.extend(rows[ack - index :])
         if no_more:
             task.log_archived = True
