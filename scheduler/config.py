@@ -167,6 +167,13 @@ _HOSTNAME_RE = re.compile(
 )
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
+#: A token file longer than this is not a token file.
+MAX_TOKEN_FILE_BYTES = 64 * 1024
+
+#: The largest ``runner.capacity``: far beyond what one host runs at once, small enough
+#: that granting slot by slot stays a matter of milliseconds.
+MAX_CAPACITY = 1000
+
 _DEFAULT_RUNNER = RunnerSettings(capacity=1, state_dir=Path("state"))
 _DEFAULT_METRICS = MetricsSettings()
 
@@ -203,6 +210,11 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message carries "(at line N, column M)".
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except ValueError as exc:
+        # tomllib lets int()'s own error through for an integer of more than 4300 digits.
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
     return parse_config(data, source=path, env=env)
 
 
@@ -230,14 +242,16 @@ class _Parser:
     # -- errors -------------------------------------------------------------------------
 
     def fail(self, key: str, message: str) -> NoReturn:
-        raise ConfigError(f"{self.source}: {key}: {message}")
+        raise ConfigError(f"{self.source}: {_hide_tokens(key)}: {_hide_tokens(message)}")
 
     def check_keys(self, table: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
         """Reject keys not in ``allowed``, suggesting a close spelling or the right table."""
         for key in table:
             if key in allowed:
                 continue
-            dotted = f"{prefix}.{key}" if prefix else key
+            # Quoted as in TOML when not a bare key: `"" = 1` or `"a b" = 1` stay readable.
+            shown = _toml_key(key)
+            dotted = f"{prefix}.{shown}" if prefix else shown
             hint = ""
             close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
             if close:
@@ -288,9 +302,13 @@ class _Parser:
         expected = "a number greater than 0"
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.fail(dotted, f"expected {expected}, got {describe_value(value)}")
-        if not math.isfinite(value) or value <= 0:
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            self.fail(dotted, f"expected {expected}, got an integer too large for a number")
+        if not math.isfinite(number) or number <= 0:
             self.fail(dotted, f"expected {expected}, got {value}")
-        return float(value)
+        return number
 
     def boolean(self, table: Mapping[str, Any], key: str, dotted: str, *, default: bool) -> bool:
         if key not in table:
@@ -326,7 +344,9 @@ class _Parser:
         try:
             seconds = parse_duration(table[key], where=dotted)
         except ValueError as exc:
-            raise ConfigError(f"{self.source}: {exc}") from None
+            raise ConfigError(f"{self.source}: {_hide_tokens(str(exc))}") from None
+        except OverflowError:  # an integer number of seconds beyond any float
+            self.fail(dotted, "expected a duration, got an integer too large for one")
         if seconds == 0 and not allow_zero:
             got = describe_value(table[key])
             self.fail(dotted, f"expected a duration greater than 0, got {got}")
@@ -407,11 +427,20 @@ class _Parser:
             default=None,
             expected="an integer >= 1 (the number of tasks run at once)",
         )
+        if capacity > MAX_CAPACITY:
+            # Slots are granted one by one: an absurd capacity would stall the event loop.
+            self.fail(
+                "runner.capacity",
+                f"expected at most {MAX_CAPACITY} (the number of tasks run at once), "
+                f"got {capacity}",
+            )
         state_dir = self.path("state")
         if "state_dir" in t:
             state_dir = self.path(self.text(t, "state_dir", "runner.state_dir"))
-        if state_dir.exists() and not state_dir.is_dir():
-            self.fail("runner.state_dir", f"expected a directory, but {state_dir} is not one")
+        kind = _path_kind(state_dir)
+        if kind not in ("missing", "directory"):
+            what = kind if kind.startswith("unusable") else "not one"
+            self.fail("runner.state_dir", f"expected a directory, but {state_dir} is {what}")
         return RunnerSettings(
             capacity=capacity,
             fetch_interval=self.duration(
@@ -466,7 +495,7 @@ class _Parser:
 
     def connection(self, name: str, t: object, runner: RunnerSettings) -> dict[str, Any]:
         """Everything about one connection except its token (read later, see parse_config)."""
-        prefix = f"connections.{name}"
+        prefix = f"connections.{name if _NAME_RE.fullmatch(name) else _toml_key(name)}"
         if not isinstance(t, dict):
             self.fail(
                 prefix,
@@ -527,8 +556,10 @@ class _Parser:
         ca_file: Path | None = None
         if "ca_file" in t:
             ca_file = self.path(self.text(t, "ca_file", f"{prefix}.ca_file"))
-            if not ca_file.is_file():
-                what = "is not a file" if ca_file.exists() else "does not exist"
+            kind = _path_kind(ca_file)
+            if kind != "file":
+                what = {"missing": "does not exist", "directory": "is not a file"}.get(
+                    kind, f"is {kind}")
                 self.fail(f"{prefix}.ca_file", f"expected a PEM file, but {ca_file} {what}")
         insecure = self.boolean(t, "insecure", f"{prefix}.insecure", default=False)
         if insecure and ca_file is not None:
@@ -631,15 +662,23 @@ class _Parser:
                 )
             path = self.path(raw)
             try:
-                content = path.read_text(encoding="utf-8")
+                # Bounded: a token is 40 characters; token_file = "/dev/zero" must not hang.
+                with open(path, "rb") as fh:
+                    data = fh.read(MAX_TOKEN_FILE_BYTES + 1)
+                if len(data) > MAX_TOKEN_FILE_BYTES:
+                    self.fail(dotted, f"token file {path} is larger than "
+                              f"{MAX_TOKEN_FILE_BYTES} bytes; expected a single token")
+                content = data.decode("utf-8")
+            except ValueError as exc:
+                if isinstance(exc, UnicodeDecodeError):
+                    self.fail(dotted, f"token file {path} is not UTF-8 text")
+                self.fail(dotted, f"token file path {raw!r} is not usable ({exc})")
             except FileNotFoundError:
                 self.fail(dotted, f"token file {path} does not exist")
             except IsADirectoryError:
                 self.fail(dotted, f"token file {path} is a directory")
             except PermissionError:
                 self.fail(dotted, f"token file {path} is not readable (permission denied)")
-            except UnicodeDecodeError:
-                self.fail(dotted, f"token file {path} is not UTF-8 text")
             except OSError as exc:
                 self.fail(dotted, f"cannot read token file {path}: {exc.strerror or 'error'}")
             token = content.strip()
@@ -679,9 +718,38 @@ class _Parser:
             )
 
 
+def _path_kind(path: Path) -> str:
+    """"file", "directory", "missing", or what else it is (or why it cannot be looked at).
+
+    ``Path.exists`` lets some errors through (a name longer than NAME_MAX), so the
+    checks of paths from the file go through here."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return f"unusable ({reason})"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "not a regular file or directory"
+
+
 def _type_only(value: object) -> str:
     """``describe_value`` without the value, for secrets."""
     return describe_value(value).split(" (", 1)[0]
+
+
+#: A run of hex digits as long as a Forgejo token (40) or nearly: never echoed.
+_TOKEN_LIKE_RE = re.compile(r"[0-9A-Fa-f]{32,}")
+
+
+def _hide_tokens(text: str) -> str:
+    """Mask what looks like a token in a message about a value: a token pasted into the
+    wrong key (``url``, ``metrics.listen``, a duration...) must not reach a log either."""
+    return _TOKEN_LIKE_RE.sub("<hidden, looks like a token>", text)
 
 
 def _looks_like_token(text: str) -> bool:
