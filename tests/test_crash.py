@@ -7,6 +7,7 @@ cannot be resumed) instead of sitting "running" until Forgejo's zombie timeout.
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -129,6 +130,7 @@ async def test_orphan_that_had_already_finished_is_settled_quietly(
 ) -> None:
     # Killed after the final report was acknowledged but before the id left the state
     # file: on restart the log is archived already; the runner must not retry forever.
+    caplog.set_level(logging.INFO)
     sim = Simulator(["a"], seed=1)
     async with trio.open_nursery() as nursery:
         await nursery.start(sim.serve, "127.0.0.1", 0)
