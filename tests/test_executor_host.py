@@ -359,7 +359,7 @@ async def test_cancellation_kills_the_group_and_cleans_up(tmp_path: Path) -> Non
     assert gone(int(bg.read_text()))
     assert not (tmp_path / "work" / "31").exists()
     assert step_rows(reporter, reporter.steps[0]) == ["waiting"]
-    assert not reporter.steps[0].result.is_final  # run_task closes it as CANCELLED
+    assert reporter.steps[0].result is Result.CANCELLED
 
 
 async def test_run_command_keeps_output_tail_on_timeout(tmp_path: Path) -> None:

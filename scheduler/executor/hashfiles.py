@@ -66,7 +66,7 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
 
 
 def _walk(root: Path, follow: bool) -> Iterator[Path]:
-    """Every file below ``root`` in sorted order; directory links entered only if ``follow``."""
+    """Every file below ``root``; directory links entered only if ``follow``."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=follow):
         dirnames.sort()
         for name in sorted(filenames):
@@ -94,7 +94,7 @@ def hash_files(workspace: Path, args: Sequence[str]) -> str:
         compiled.append((negate, _pattern_regex(absolute)))
     total = hashlib.sha256()
     matched = 0
-    for path in _walk(root, follow):
+    for path in sorted(_walk(root, follow)):
         text = str(path)
         included = False
         for negate, regex in compiled:

@@ -19,6 +19,8 @@ Order (``act/runner/job_executor.go``, executor.md §1.8):
 
 from __future__ import annotations
 
+import math
+
 import attrs
 import trio
 
@@ -104,7 +106,10 @@ class JobRunner:
         try:
             with trio.move_on_after(limit) as timer:
                 await self._pre_and_main()
-        except trio.Cancelled:
+        except BaseException:
+            # trio.Cancelled, possibly inside an exception group from a nursery.
+            if trio.current_effective_deadline() != -math.inf:
+                raise  # not a cancellation: a bug; run_task reports it
             self.run.cancelled = True
             self._stop(Result.CANCELLED, None)
             with trio.CancelScope(shield=True) as shield:
