@@ -117,7 +117,7 @@ def main() -> int:
     parser.add_argument("--kill-every", type=float, default=60.0)
     parser.add_argument("--min-fetches", type=int, default=10_000)
     parser.add_argument("--capacity", type=int, default=6)
-    parser.add_argument("--rate", type=float, default=3.0, help="jobs/s per instance")
+    parser.add_argument("--rate", type=float, default=2.2, help="jobs/s per instance")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="forgejo-scheduler-soak-") as tmp:
