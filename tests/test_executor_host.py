@@ -6,6 +6,7 @@ These run on the real clock: the processes do.
 from __future__ import annotations
 
 import os
+import shutil
 import textwrap
 import time
 from collections.abc import Mapping
@@ -389,6 +390,7 @@ async def test_run_command_missing_program(tmp_path: Path) -> None:
         ("- uses: ./.github/workflows/x.yml\n", "is a reusable workflow"),
         ("- shell: no-such-shell-xyz {0}\n  run: echo x", "no-such-shell-xyz: command not found"),
         ("- shell: frobnicate\n  run: echo x", "neither a known shell nor a template"),
+        ("- shell: pwsh\n  run: echo x", "pwsh: command not found"),
         ("- working-directory: nope\n  run: echo x", "working-directory 'nope' does not exist"),
         ("- timeout-minutes: soon\n  run: echo x", "timeout-minutes is not a number"),
         ("- run: echo ${{ nope( }}", "cannot evaluate"),
@@ -396,6 +398,8 @@ async def test_run_command_missing_program(tmp_path: Path) -> None:
     ],
 )
 async def test_step_failures_say_why(tmp_path: Path, step: str, needle: str) -> None:
+    if "pwsh" in step and shutil.which("pwsh"):
+        pytest.skip("pwsh is installed here")
     result, rep, _ = await run(tmp_path, workflow(step + "\n- run: echo never"))
     assert result is Result.FAILURE
     assert [s.result for s in rep.steps] == [Result.FAILURE, Result.SKIPPED]

@@ -26,13 +26,13 @@ from scheduler.executor.steps import (
     StepFailed,
     StepRun,
     input_key,
-    run_action,
     run_main,
     run_stage,
     stage_header,
 )
-from scheduler.executor.steps import has_stage as has_stage_step
-from scheduler.executor.steps import prepare as prepare_step
+from scheduler.executor.uses import has_stage as has_stage_step
+from scheduler.executor.uses import prepare as prepare_step
+from scheduler.executor.uses import run_action
 
 
 @attrs.define(eq=False)

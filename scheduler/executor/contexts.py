@@ -34,7 +34,12 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 #: Variables of the runner's own environment a step sees (everything else is left out:
 #: forgejo-runner passes its whole environment, which leaks the service's settings).
-PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME")
+PASSED_THROUGH = (
+    "PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME",
+    # how this host reaches the network: jobs (actions/checkout…) need the same
+    "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+    "SSL_CERT_FILE", "SSL_CERT_DIR",
+)
 
 #: ``task.context`` keys forgejo-runner copies into the ``github`` context (``runner.go``).
 PRESET_KEYS = (

@@ -32,15 +32,13 @@ from scheduler.executor.steps import (
     PRE,
     StepFailed,
     StepRun,
-    has_stage,
-    prepare,
-    run_action,
     run_main,
     run_stage,
     shown_minutes,
     stage_header,
     timeout_seconds,
 )
+from scheduler.executor.uses import has_stage, prepare, run_action
 from scheduler.protocol import Result
 
 OUTCOMES = {"success": Result.SUCCESS, "failure": Result.FAILURE, "skipped": Result.SKIPPED}
