@@ -78,7 +78,7 @@ class HostExecutor:
     kill_grace: float = 10.0
     drain_timeout: float = 5.0
     cleanup_timeout: float = 120.0
-    post_timeout: float = 600.0
+    post_timeout: float = 300.0
     action_cache: Path | None = None
     tool_cache: Path | None = None
     labels: Labels | None = None

@@ -63,7 +63,7 @@ def setup_env(scope: Scope, runner_env: dict[str, str]) -> None:
 class JobRunner:
     run: JobRun
     scope: Scope
-    post_timeout: float = 600.0
+    post_timeout: float = 300.0
     steps: list[StepRun] = attrs.field(init=False)
     open_index: int | None = attrs.field(default=None, init=False)
     failed: bool = attrs.field(default=False, init=False)
