@@ -226,7 +226,10 @@ def fig6(res: dict[str, Any]) -> list[Table]:
         ["The service runs in a child process (SimulatedExecutor, `sleep 0` jobs, metrics "
          "endpoint on, state files on disk); `time.process_time()` and `perf_counter()` from "
          "its first task start to its last final report. The simulator's CPU is this "
-         "process's `process_time()` over the child's whole life."],
+         "process's `process_time()` over the child's whole life. CPU time is the process's "
+         "own; tasks/s is wall time and depends on what else runs: 1-minute load average "
+         f"{res.get('loadavg_1min', ['?', '?'])[0]} before and "
+         f"{res.get('loadavg_1min', ['?', '?'])[1]} after figure 6 on this 2-CPU machine."],
     )]
     rows = [["imports only", f"{res['imports']['vm_rss_mib']:.1f}",
              f"{res['imports']['vm_hwm_mib']:.1f}", f"{res['imports']['ru_maxrss_mib']:.1f}"]]

@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_resources:
         print("figure 6: CPU, throughput and RSS in real time ...", flush=True)
         t = time.perf_counter()
+        load_before = os.getloadavg()[0]
         res = resources.measure(tasks=args.tasks)
+        res["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         t_res = time.perf_counter() - t
     fres: dict[str, Any] | None = None
     t_foreign = 0.0
