@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,9 +21,10 @@ import attrs
 import trio
 from hypothesis import HealthCheck, settings
 
-from scheduler.config import load_config
+from scheduler.config import ConnectionSettings, load_config
 from scheduler.executor import Executor
 from scheduler.executor.simulated import SimulatedExecutor
+from scheduler.protocol import RunnerClient
 from scheduler.service import ClientFactory, Service
 
 settings.register_profile("ci", deadline=None, print_blob=True)
@@ -285,11 +287,28 @@ async def running(
         nursery.cancel_scope.cancel()
 
 
-async def wait_for(predicate: Callable[[], bool], *, within: float = 3600.0) -> None:
-    """Poll a condition on the run's clock (MockClock in most tests)."""
+async def wait_for(
+    predicate: Callable[[], bool], *, within: float = 3600.0, poll: float = 0.05
+) -> None:
+    """Poll a condition on the run's clock (MockClock in most tests). On a MockClock each
+    poll is a wake-up of the run, so long waits poll coarsely."""
     with trio.fail_after(within):
         while not predicate():
-            await trio.sleep(0.05)
+            await trio.sleep(poll)
+
+
+def plain_http_client(settings: ConnectionSettings, timeout: float) -> RunnerClient:
+    """``default_client`` without loading the system trust store (60 ms per client):
+    for http:// servers in tests that start many services."""
+    return RunnerClient(settings.url, uuid=settings.uuid, token=settings.token,
+                        timeout=timeout, verify=False)
+
+
+def fast_tmpdir() -> tempfile.TemporaryDirectory[str]:
+    """A temporary directory on tmpfs when there is one: the key store fsyncs every
+    write, which costs milliseconds on a disk and nothing on tmpfs."""
+    shm = Path("/dev/shm")
+    return tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None)
 
 
 def metric(service: Service, name: str, **labels: str) -> float:

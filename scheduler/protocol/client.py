@@ -170,13 +170,23 @@ class RunnerClient:
         self, state: m.TaskState, outputs: Mapping[str, str] | None = None
     ) -> m.UpdateTaskResponse:
         data = await self.call("UpdateTask", m.update_task_request(state, outputs or {}))
-        return self._decode(m.UpdateTaskResponse.from_json, data)
+        resp = self._decode(m.UpdateTaskResponse.from_json, data)
+        if resp.task_id != state.id:
+            # Forgejo always answers with the task's own state; anything else (an empty
+            # object, another message) is not an acknowledgement of this update.
+            raise TransportFailure(
+                "malformed", f"UpdateTask: the answer is about task {resp.task_id}, not {state.id}"
+            )
+        return resp
 
     async def update_log(
         self, task_id: int, index: int, rows: tuple[m.LogRow, ...], no_more: bool
     ) -> int:
         data = await self.call("UpdateLog", m.update_log_request(task_id, index, rows, no_more))
-        return self._decode(m.decode_ack_index, data)
+        ack = self._decode(m.decode_ack_index, data)
+        if ack < 0:
+            raise TransportFailure("malformed", f"UpdateLog: negative ackIndex {ack}")
+        return ack
 
     # --- plumbing ----------------------------------------------------------------
 
