@@ -15,8 +15,11 @@ until the connection resolves its request key. That is what keeps the tasks the
 server may already have assigned under that key from ever exceeding ``capacity``.
 
 Fair share: weighted max-min over slots *held* (reserved + running). Among hungry
-connections the next slot goes to whoever is below ``min_slots``, then to the
-smallest ``(held + 1) / weight`` (then the fewest slots held), ties broken by
+connections the next slot goes to whoever is below ``min_slots``, then to the one
+furthest below its water-filling target (the largest ``target - held``: this keeps
+every connection within one slot of its fractional share, where picking the
+smallest ``(held + 1) / weight`` alone can overshoot a heavy connection by more),
+then the smallest ``(held + 1) / weight`` (then the fewest slots held), ties broken by
 stride-scheduling ``pass`` so that equal connections alternate and none starves
 (an exact tie goes to whoever was granted longest ago). A single grant is capped at the
 connection's *entitlement* (its water-filling share if every active connection
@@ -38,6 +41,7 @@ reservation.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 
@@ -92,28 +96,33 @@ def water_fill(
     """Weighted max-min shares of ``capacity`` with per-connection [min, max] bounds.
 
     ``demand`` caps a connection below its ``max_slots`` (unknown demand = max).
-    Finds the level λ with Σ clamp(λ·wᵢ, minᵢ, maxᵢ) = capacity by bisection:
-    N is a handful, so O(N · 60) is nothing.
+    Finds the level λ with Σ clamp(λ·wᵢ, minᵢ, maxᵢ) = capacity exactly: the sum is
+    piecewise linear in λ with breakpoints at minᵢ/wᵢ and maxᵢ/wᵢ, so it is the
+    segment between two breakpoints, solved linearly. This runs on every grant.
     """
     items = list(conns)
     if not items:
         return {}
-    lo_b = {c.name: float(min(c.min_slots, (demand or {}).get(c.name, c.max_slots))) for c in items}
-    hi_b = {c.name: float(min(c.max_slots, (demand or {}).get(c.name, c.max_slots))) for c in items}
+    dem = demand or {}
+    lo = {c.name: float(min(c.min_slots, dem.get(c.name, c.max_slots))) for c in items}
+    hi = {c.name: float(min(c.max_slots, dem.get(c.name, c.max_slots))) for c in items}
 
     def total(level: float) -> float:
-        return sum(min(max(level * c.weight, lo_b[c.name]), hi_b[c.name]) for c in items)
+        return sum(min(max(level * c.weight, lo[c.name]), hi[c.name]) for c in items)
 
-    if total(math.inf) <= capacity:
-        return dict(hi_b)
-    lo, hi = 0.0, max(hi_b.values()) / min(c.weight for c in items) + 1.0
-    for _ in range(80):
-        mid = (lo + hi) / 2
-        if total(mid) > capacity:
-            hi = mid
-        else:
-            lo = mid
-    return {c.name: min(max(lo * c.weight, lo_b[c.name]), hi_b[c.name]) for c in items}
+    if sum(hi.values()) <= capacity:
+        return dict(hi)
+    points = sorted({0.0} | {lo[c.name] / c.weight for c in items}
+                    | {hi[c.name] / c.weight for c in items})
+    level = points[-1]
+    for left, right in itertools.pairwise(points):
+        at_right = total(right)
+        if at_right >= capacity:
+            at_left = total(left)
+            slope = (at_right - at_left) / (right - left)
+            level = left + (capacity - at_left) / slope if slope > 0 else left
+            break
+    return {c.name: min(max(level * c.weight, lo[c.name]), hi[c.name]) for c in items}
 
 
 def jain_index(values: Iterable[float]) -> float:
@@ -218,6 +227,14 @@ class SlotLedger:
         """The most one grant may give ``name``: its share if every active connection wanted."""
         return self._entitlements().get(name, 1)
 
+    def _targets(self) -> dict[str, float]:
+        """Water-filling over everyone who wants or holds slots (or is coming back for more)."""
+        wanting = [
+            c for c in self._conns.values()
+            if c.active and (c.hungry or c.held or (c.inflight and c.saturated))
+        ]
+        return water_fill(self.capacity, wanting)
+
     def _entitlements(self) -> dict[str, int]:
         active = [c for c in self._conns.values() if c.active]
         shares = water_fill(self.capacity, active)
@@ -287,9 +304,10 @@ class SlotLedger:
                 # What was owed to it becomes part of this grant.
                 given[c.name], c.owed = c.owed, 0
         caps = self._entitlements() if free > 0 else {}
+        target = self._targets() if free > 0 else {}
         while free > 0:
             best: ConnectionSlots | None = None
-            best_key: tuple[int, float, int, float, int, str] | None = None
+            best_key: tuple[int, float, float, int, float, int, str] | None = None
             for c in self._conns.values():
                 returning = c.inflight and c.saturated
                 if not ((c.hungry or returning) and c.active):
@@ -304,6 +322,7 @@ class SlotLedger:
                     continue
                 key = (
                     0 if c.held + g < c.min_slots else 1,
+                    round(c.held + g - target.get(c.name, 0.0), 9),  # largest deficit first
                     (c.held + g + 1) / c.weight,
                     c.held + g,
                     c.pass_,

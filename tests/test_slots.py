@@ -213,6 +213,8 @@ class LedgerMachine(RuleBasedStateMachine):
             assert g.connection not in self.fetching, "granted twice without resolving"
             self.fetching[g.connection] = g.slots
             assert self.led.held(g.connection) <= self.max[g.connection]
+        for n in self.names:
+            assert not (self.led.is_hungry(n) and self.led.owed(n)), "owed slots not handed over"
         # Reservations of unresolved fetches are never granted elsewhere or shrunk.
         for name, k in self.fetching.items():
             assert self.led.reserved(name) >= min(k, before[name])
@@ -274,7 +276,8 @@ class LedgerMachine(RuleBasedStateMachine):
         for n in self.names:
             v = self.led.view(n)
             if v.owed:
-                assert v.saturated and not v.hungry and v.active
+                # Hungry with owed slots only between want() and the next grant().
+                assert v.saturated and v.active
                 assert v.held <= max(self.led.entitlement(n), v.running + v.reserved)
 
     @invariant()
