@@ -197,6 +197,7 @@ class TaskReporter:
         self._stop_token: str | None = None
         self._debug = task.secrets.get("ACTIONS_STEP_DEBUG") == "true"
         self._heartbeat_failing = False
+        self._stop = trio.Event()
 
     # --- what the executor calls ------------------------------------------------------
 
@@ -438,7 +439,7 @@ class TaskReporter:
         Failures are logged (once per streak) and retried at the next tick: a
         heartbeat is best effort, only the final report must get through.
         """
-        while not self.closed and not self.server_result.is_final:
+        while not (self.closed or self.server_result.is_final or self._stop.is_set()):
             ok = True
             # Anything, not only RpcError: a heartbeat must never take the job down
             # (an odd answer can raise something the client does not translate).
@@ -457,7 +458,18 @@ class TaskReporter:
                 log.info("task %d on %s: reporting works again", self.task.id, self.connection)
             if self.server_result.is_final:
                 return
-            await trio.sleep(interval)
+            with trio.move_on_after(interval):
+                await self._stop.wait()
+
+    def stop_heartbeat(self) -> None:
+        """End the heartbeat after the round in flight, if any.
+
+        Cancelling a round mid-RPC would not take it back from the server: the
+        request may still be processed after the final report overtook it on
+        another connection (harmless on Forgejo, but untidy). Letting it finish
+        keeps every UpdateTask of a task in order.
+        """
+        self._stop.set()
 
     def _heartbeat_failed(self, rpc: str, exc: Exception) -> None:
         level = logging.DEBUG if self._heartbeat_failing else logging.WARNING

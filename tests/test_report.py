@@ -725,7 +725,7 @@ jobs:
         task, sim_task = await env.task(workflow=workflow)
 
         async def cancel_when_started() -> None:
-            while "started" not in sim_task.log_lines:  # noqa: ASYNC110 - polling the server
+            while "started" not in sim_task.log_lines:
                 await trio.sleep(0.05)
             env.inst.cancel_task(task.id)
 

@@ -94,6 +94,7 @@ async def test_respond_then_drop_forgejo15_every_task_runs_exactly_once(
         snap = sim.ledger.snapshot()
     assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
     assert snap["peak_outstanding"] <= capacity
+    assert snap["late_updates"] == 0  # no heartbeat lands after a final report
     assert sorted(executor.executed) == sorted(set(executor.executed))
     assert len(executor.executed) == 40
     recovered = sum(metric(service, "tasks_recovered_total", connection=c) for c in "ab")

@@ -31,6 +31,9 @@ DEFAULT_MAX_RUN_TIME = 3 * 3600.0
 #: How long a task cancelled by the service's shutdown may take to send its last report.
 SHUTDOWN_REPORT_TIMEOUT = 30.0
 
+#: How long the final report waits for a heartbeat round that is still in flight.
+HEARTBEAT_GRACE = 5.0
+
 SHUTDOWN_LINE = "cancelled: the runner is shutting down"
 MAX_RUN_TIME_LINE = "The runner cancelled the job because it exceeds the maximum run time"
 
@@ -146,7 +149,10 @@ async def _execute(
                 )
                 result = Result.FAILURE
                 last_line = f"internal error: the executor failed: {type(exc).__name__}: {exc}"
-        nursery.cancel_scope.cancel()
+        # Let a heartbeat round in flight finish (bounded) so it cannot land after the
+        # final report.
+        reporter.stop_heartbeat()
+        nursery.cancel_scope.deadline = trio.current_time() + HEARTBEAT_GRACE
     if reporter.server_result.is_final:
         name = reporter.server_result.name.lower()
         line = f"The server stopped the task ({name}); the job was cancelled"
