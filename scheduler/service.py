@@ -75,7 +75,9 @@ class Service:
     ) -> None:
         self.config = config
         runner = config.runner
-        self.executor = executor or HostExecutor(Path(runner.state_dir) / "work")
+        self.executor = executor or HostExecutor(
+            Path(runner.state_dir) / "work", labels=self._labels_by_connection(config)
+        )
         self.client_factory = client_factory
         self.rng = random.Random(seed)
         names = [c.name for c in config.connections]
@@ -115,6 +117,11 @@ class Service:
         for scope in self._task_scopes.values():
             scope.cancel()
 
+    @staticmethod
+    def _labels_by_connection(config: Config) -> dict[str, tuple[str, ...]]:
+        """Which labels each connection runs: ``docker://``/``lxc://`` ones are refused."""
+        return {c.name: c.labels for c in config.connections}
+
     def reload_file(self, path: Path) -> bool:
         """Reload from ``path``; an invalid file is refused and the running config stays."""
         try:
@@ -128,6 +135,7 @@ class Service:
     def reload(self, new: Config) -> None:
         """Apply a changed config without disturbing running tasks (see scheduler.reload)."""
         plan = plan_reload(self.config, new)
+        old_labels = self._labels_by_connection(self.config)
         for warning in plan.kept:
             log.warning("reload: %s", warning)
         runner = plan.config.runner
@@ -149,6 +157,9 @@ class Service:
                 loop.redeclare = loop.redeclare or c.name in plan.relabelled
         for loop in self.loops.values():
             loop.runner = runner
+        if isinstance(self.executor, HostExecutor):
+            # Connections being removed keep theirs while their tasks finish.
+            self.executor.labels = {**old_labels, **self._labels_by_connection(plan.config)}
         for name in plan.removed:
             self._remove_connection(name)
         for c in plan.added:

@@ -298,3 +298,26 @@ async def test_drain_keeps_retrying_an_unresolved_key(
     assert ex.executed == list(sim.instances["a"].tasks)
     snap = sim.ledger.snapshot()
     assert snap["lost"] == 0 and snap["results"] == {"RESULT_SUCCESS": 1}
+
+
+async def test_container_labels_are_refused_clearly_by_the_default_executor(
+    tmp_path: Path,
+) -> None:
+    # Real time, real HostExecutor (the one `run` uses), labels per connection.
+    sim = Simulator(["a"], seed=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sim.serve, "127.0.0.1", 0)
+        path = sim.write_runner_config(
+            tmp_path / "config.toml", capacity=1, state_dir=tmp_path / "state",
+            fetch_interval=0.1, labels=("sim:docker://node:20",),
+        )
+        service = Service(load_config(path), seed=1)
+        await nursery.start(service.run)
+        sim.instances["a"].add_job(duration=0.1)
+        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1, within=30)
+        service.request_stop()
+        await wait_for(lambda: service.phase == "stopped", within=30)
+        nursery.cancel_scope.cancel()
+    (task,) = sim.instances["a"].tasks.values()
+    assert task.result.name == "FAILURE"
+    assert any("container executor" in line for line in task.log_lines)
