@@ -101,6 +101,7 @@ class ConnectionLoop:
     tasks_version: int = 0
     pending: PendingFetch | None = None
     attempts: int = 0  # sends of the current pending key
+    doubt: str | None = None  # the last error logged for the current key, while unresolved
     last_error: str = ""
     redeclare: bool = False  # labels changed by a reload: Declare again before the next fetch
     stopping: trio.Event = attrs.field(factory=trio.Event)
@@ -196,6 +197,7 @@ class ConnectionLoop:
                 self.name, self.attempts, n,
             )
         self._mark_up(True, "")
+        self.doubt = None
         ids = tuple(t.id for t in resp.tasks)
         # Record the tasks and forget the key in one atomic write, before anything runs.
         self.store.resolve(ids)
@@ -227,7 +229,9 @@ class ConnectionLoop:
 
     def _unresolved(self, exc: RpcError) -> float:
         assert self.pending is not None
-        if self.phase is not Phase.UNRESOLVED or self.last_error != str(exc):
+        # Once per state change: the first failure of this key, or a different error.
+        if self.doubt != str(exc):
+            self.doubt = str(exc)
             log.warning(
                 "connection %s: FetchTask outcome unknown (%s); keeping request key and "
                 "%d reserved slot(s), retrying",
@@ -240,6 +244,7 @@ class ConnectionLoop:
 
     async def _refused(self, exc: RpcError) -> float:
         # The server proved it did nothing: the reservation and the key can go.
+        self.doubt = None
         self.pool.release(self.name)
         self.store.clear_pending()
         self.pending = None
