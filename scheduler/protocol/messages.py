@@ -294,6 +294,21 @@ def fetch_task_request(tasks_version: int, task_capacity: int) -> JSON:
     return out
 
 
+def _state_json(
+    ident: int, result: Result, started: dt.datetime | None, stopped: dt.datetime | None
+) -> JSON:
+    """The fields TaskState and StepState share, zero values left out."""
+    out: JSON = {}
+    _put(out, "id", ident)
+    if result is not Result.UNSPECIFIED:
+        out["result"] = result.wire_name
+    if started is not None:
+        out["startedAt"] = encode_time(started)
+    if stopped is not None:
+        out["stoppedAt"] = encode_time(stopped)
+    return out
+
+
 @attrs.frozen
 class StepState:
     id: int
@@ -304,14 +319,7 @@ class StepState:
     log_length: int = 0
 
     def to_json(self) -> JSON:
-        out: JSON = {}
-        _put(out, "id", self.id)
-        if self.result is not Result.UNSPECIFIED:
-            out["result"] = self.result.wire_name
-        if self.started_at is not None:
-            out["startedAt"] = encode_time(self.started_at)
-        if self.stopped_at is not None:
-            out["stoppedAt"] = encode_time(self.stopped_at)
+        out = _state_json(self.id, self.result, self.started_at, self.stopped_at)
         _put(out, "logIndex", self.log_index)
         _put(out, "logLength", self.log_length)
         return out
@@ -326,14 +334,7 @@ class TaskState:
     steps: tuple[StepState, ...] = ()
 
     def to_json(self) -> JSON:
-        out: JSON = {}
-        _put(out, "id", self.id)
-        if self.result is not Result.UNSPECIFIED:
-            out["result"] = self.result.wire_name
-        if self.started_at is not None:
-            out["startedAt"] = encode_time(self.started_at)
-        if self.stopped_at is not None:
-            out["stoppedAt"] = encode_time(self.stopped_at)
+        out = _state_json(self.id, self.result, self.started_at, self.stopped_at)
         if self.steps:
             out["steps"] = [s.to_json() for s in self.steps]
         return out
