@@ -31,6 +31,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 import stat
 import string
 import tomllib
@@ -892,15 +893,32 @@ def token_file_warning(path: Path) -> str | None:
     )
 
 
+def ca_file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a usable PEM CA bundle, or None if it loads."""
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        return f"cannot be loaded as PEM certificates ({exc})"
+    return None
+
+
 def config_warnings(config: Config) -> list[str]:
     """Things that are allowed but deserve a log line at start-up (and in check-config):
-    token files others can read, and connections that skip TLS verification."""
+    token files others can read, a ca_file that does not load, and connections that skip
+    TLS verification."""
     out: list[str] = []
     for c in config.connections:
         if c.token_source.startswith("file:"):
             warning = token_file_warning(Path(c.token_source.removeprefix("file:")))
             if warning:
                 out.append(f"connections.{c.name}: {warning}")
+        if c.ca_file is not None:
+            problem = ca_file_problem(c.ca_file)
+            if problem:
+                out.append(
+                    f"connections.{c.name}: ca_file {c.ca_file} {problem}; TLS to {c.url} "
+                    "will fail certificate verification"
+                )
         if c.insecure and c.url.lower().startswith("https:"):
             out.append(
                 f"connections.{c.name}: insecure = true: TLS certificates of {c.url} "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import ssl
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -29,6 +30,7 @@ from scheduler import __version__
 from scheduler.protocol import messages as m
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 SERVICE = "runner.v1.RunnerService"
 USER_AGENT = f"forgejo-scheduler/{__version__}"
@@ -87,12 +89,39 @@ class TransportFailure(RpcError):
         self.detail = detail
 
 
+def _why(exc: BaseException) -> str:
+    """``Type: message`` of ``exc``, with the first cause that has a message when it has
+    none itself: a TLS failure reaches us as an empty ``ConnectError`` whose cause chain
+    (trio's ``BrokenResourceError`` → ``ssl.SSLCertVerificationError``) says why."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    cause, seen = exc.__cause__ or exc.__context__, 0
+    while cause is not None and not str(exc) and seen < 5:
+        if str(cause):
+            return f"{text}: {type(cause).__name__}: {cause}"
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return text
+
+
 def ssl_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext | bool:
-    """TLS verification is on by default; ``ca_file`` adds a private CA."""
+    """TLS verification is on by default; ``ca_file`` trusts a private CA (instead of the
+    system store).
+
+    A ``ca_file`` that cannot be loaded (not PEM, unreadable) fails closed: the context
+    verifies against no CA at all, so every handshake with that server fails and its
+    connection goes down with a clear line, while the other connections run on. Raising
+    here would take the whole service down for one connection's file.
+    """
     if insecure:
         return False
     if ca_file:
-        return ssl.create_default_context(cafile=ca_file)
+        try:
+            return ssl.create_default_context(cafile=ca_file)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.error(
+                "ca_file %s cannot be loaded (%s); TLS connections that rely on it will "
+                "fail certificate verification", ca_file, exc,
+            )
+            return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, trusts nothing
     return True
 
 
@@ -215,12 +244,12 @@ class RunnerClient:
         except httpx.TimeoutException as exc:
             raise TransportFailure("timeout", f"{method}: {type(exc).__name__}") from None
         except httpx.TransportError as exc:
-            raise TransportFailure("transport", f"{method}: {type(exc).__name__}: {exc}") from None
+            raise TransportFailure("transport", f"{method}: {_why(exc)}") from None
         except httpx.DecodingError as exc:
             # A content-encoding (gzip, deflate...) whose body does not decode.
-            raise TransportFailure("malformed", f"{method}: {type(exc).__name__}: {exc}") from None
+            raise TransportFailure("malformed", f"{method}: {_why(exc)}") from None
         except httpx.HTTPError as exc:  # anything else httpx can raise about an answer
-            raise TransportFailure("transport", f"{method}: {type(exc).__name__}: {exc}") from None
+            raise TransportFailure("transport", f"{method}: {_why(exc)}") from None
         return self._interpret(method, resp, raw)
 
     async def _read_limited(self, resp: httpx.Response) -> bytes:
