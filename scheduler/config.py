@@ -592,7 +592,10 @@ class _Parser:
     def url(self, t: Mapping[str, Any], dotted: str) -> str:
         expected = 'an http:// or https:// URL with a host, like "https://forgejo.example"'
         raw = self.text(t, "url", dotted)
-        parts = urllib.parse.urlsplit(raw)
+        try:
+            parts = urllib.parse.urlsplit(raw)
+        except ValueError:  # "Invalid IPv6 URL": a "[" without its "]"
+            self.fail(dotted, f"expected {expected}, got {describe_value(raw)} (bad host)")
         if parts.username is not None or parts.password is not None:
             # Not echoed: the URL holds a credential.
             self.fail(

@@ -183,7 +183,7 @@ def check(outcome: Config | ConfigError, source: Path, touched: str) -> None:
     assert key, msg
     named = rest.startswith((f"{touched}: ", f"{touched}.", f"{touched}[")) or touched.startswith(
         key + ".")
-    if not named and touched.startswith("runner."):
+    if not named and (touched == "runner" or touched.startswith("runner.")):
         # Settings bounded by or inherited from [runner] are reported where they bite.
         named = key.startswith("connections")
     if not named and touched.startswith("connections."):
@@ -343,6 +343,7 @@ def test_generated_files_load_or_fail_with_a_config_error(
         (("metrics", "listen"), T_ENV, "metrics.listen: expected an address"),
         (("runner", "shutdown_timeout"), T_FILE, "runner.shutdown_timeout"),
         (("connections", "a", "ca_file"), T_CONFIG, "connections.a.ca_file: expected a PEM"),
+        (("connections", "a", "url"), "https://[::1", "connections.a.url: expected an http"),
     ],
 )
 def test_values_the_fuzzer_found(home: Path, where: tuple[str, ...], value: Any,
