@@ -241,7 +241,9 @@ def fig6(res: dict[str, Any]) -> list[Table]:
         ["connections", "VmRSS (MiB)", "VmHWM (MiB)", "ru_maxrss (MiB)"], rows,
         ["Each child starts the service, waits until every connection has declared, idles "
          "5 s (fetch interval 1 s), then reads /proc/self/status and getrusage. "
-         "'imports only' = the same interpreter after importing the service, nothing started."],
+         "'imports only' = the same interpreter after importing the service, nothing started. "
+         "Read VmRSS/VmHWM: Linux carries ru_maxrss across fork and exec, so for the small "
+         "children it shows the parent's (this benchmark process's) high-water mark."],
     ))
     return tables
 

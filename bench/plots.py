@@ -45,10 +45,14 @@ def write_all(runs: Runs, resources: dict[str, Any] | None, out: Path) -> list[P
         plt.close(fig)
         written.append(path)
 
-    def bars(ax: Any, groups: list[str], values: dict[str, list[float]]) -> None:
+    def bars(ax: Any, groups: list[str], values: dict[str, list[float]],
+             labels: dict[str, str] | None = None, fmt: str | None = None) -> None:
         for i, p in enumerate(policies):
             xs = [g + (i - (len(policies) - 1) / 2) * width for g in range(len(groups))]
-            ax.bar(xs, values[p], width, label=p, color=COLORS.get(p))
+            drawn = ax.bar(xs, values[p], width, label=(labels or {}).get(p, p),
+                           color=COLORS.get(p))
+            if fmt:
+                ax.bar_label(drawn, fmt=fmt, fontsize=8)
         ax.set_xticks(range(len(groups)), groups)
 
     # Figure 1
@@ -57,11 +61,12 @@ def write_all(runs: Runs, resources: dict[str, Any] | None, out: Path) -> list[P
         conns = SATURATED.conns
         vals = {p: [_mean(runs, SATURATED.name, p, lambda o, n=c.name: o.share_ratios()[n])
                     for c in conns] for p in policies}
-        bars(ax, [f"{c.name} (w {c.weight:g}, {c.fetch_interval:g} s)" for c in conns], vals)
-        ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
-        labels = [f"{p}: J={_mean(runs, SATURATED.name, p, lambda o: o.jain()):.3f}"
-                  for p in policies]
-        ax.legend(labels)
+        labels = {p: f"{p}: weighted Jain {_mean(runs, SATURATED.name, p, lambda o: o.jain()):.3f}"
+                  for p in policies}
+        bars(ax, [f"{c.name} (w {c.weight:g}, {c.fetch_interval:g} s)" for c in conns], vals,
+             labels)
+        ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="fair share")
+        ax.legend()
         ax.set_ylabel("slot-seconds ÷ weighted fair share")
         ax.set_title("Fig. 1 — share of the slots at saturation (1 = fair)")
         save(fig, "fig1_fairness.png")
@@ -104,7 +109,7 @@ def write_all(runs: Runs, resources: dict[str, Any] | None, out: Path) -> list[P
         groups = ["saturated", "moderate load"]
         vals = {p: [_mean(runs, s.name, p, lambda o: o.fetch_calls() / o.delivered())
                     for s in (SATURATED, MODERATE)] for p in policies}
-        bars(ax, groups, vals)
+        bars(ax, groups, vals, fmt="%.2f")
         ax.set_ylabel("FetchTask calls ÷ delivered task")
         ax.legend()
         ax.set_title("Fig. 4 — fetch cost per task")
@@ -118,8 +123,8 @@ def write_all(runs: Runs, resources: dict[str, Any] | None, out: Path) -> list[P
                     _mean(runs, DROPS.name, p, lambda o: float(o.ledger["duplicate_executions"])),
                     _mean(runs, DROPS.name, p, lambda o: float(o.overshoots))]
                 for p in policies}
-        bars(ax, groups, vals)
-        ax.set_ylabel("count per run")
+        bars(ax, groups, vals, fmt="%.1f")
+        ax.set_ylabel("count per run (mean over seeds)")
         ax.legend()
         ax.set_title("Fig. 5 — 10 % respond-then-drop, Forgejo 15")
         save(fig, "fig5_drops.png")
