@@ -243,6 +243,8 @@ class _Parser:
     # -- errors -------------------------------------------------------------------------
 
     def fail(self, key: str, message: str) -> NoReturn:
+        if len(key) > 120:  # a key (or connection name) from the file can be any length
+            key = key[:117] + "..."
         raise ConfigError(f"{self.source}: {_hide_tokens(key)}: {_hide_tokens(message)}")
 
     def check_keys(self, table: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:

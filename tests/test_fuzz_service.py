@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
@@ -55,6 +56,12 @@ from tests.test_fuzz_strategies import (
     str_maps,
     templates,
 )
+
+# A generated body can be megabytes: hypothesis may warn that its repr is large, which
+# the suite's "warnings are errors" would turn into a failure of a passing example.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Generating overly large repr:hypothesis.errors.HypothesisWarning")
+
 
 CAPACITY = 3
 

@@ -97,9 +97,10 @@ def _why(exc: BaseException) -> str:
     cause, seen = exc.__cause__ or exc.__context__, 0
     while cause is not None and not str(exc) and seen < 5:
         if str(cause):
-            return f"{text}: {type(cause).__name__}: {cause}"
+            text = f"{text}: {type(cause).__name__}: {cause}"
+            break
         cause, seen = cause.__cause__ or cause.__context__, seen + 1
-    return text
+    return text[:300]  # a library's message may quote what the server sent
 
 
 def ssl_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext | bool:
@@ -224,7 +225,7 @@ class RunnerClient:
         try:
             return fn(data)
         except m.DecodeError as exc:
-            raise TransportFailure("malformed", str(exc)) from None
+            raise TransportFailure("malformed", str(exc)[:500]) from None
 
     async def call(
         self, method: str, body: m.JSON, *, headers: Mapping[str, str] | None = None

@@ -126,8 +126,15 @@ def _list(value: object, where: str) -> list[Any]:
     raise DecodeError(f"{where}: expected array, got {type(value).__name__}")
 
 
+def _key(key: object) -> str:
+    """A map key as part of an error's path: keys come from the server, and a 70 kB key
+    must not become a 70 kB log line."""
+    text = str(key)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
 def _str_map(value: object, where: str) -> dict[str, str]:
-    return {str(k): _str(v, f"{where}.{k}") for k, v in _obj(value, where).items()}
+    return {str(k): _str(v, f"{where}.{_key(k)}") for k, v in _obj(value, where).items()}
 
 
 def _str_list(value: object, where: str) -> tuple[str, ...]:
@@ -253,7 +260,7 @@ class Task:
         if task_id <= 0:
             raise DecodeError(f"{where}.id: expected a positive task id")
         needs = {
-            str(k): TaskNeed.from_json(v, f"{where}.needs.{k}")
+            str(k): TaskNeed.from_json(v, f"{where}.needs.{_key(k)}")
             for k, v in _obj(d.get("needs"), f"{where}.needs").items()
         }
         return cls(
