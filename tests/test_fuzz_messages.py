@@ -360,6 +360,15 @@ def test_bodies_the_fuzzer_found_or_pins(body: bytes) -> None:
         pass
 
 
+def test_an_empty_body_is_not_an_empty_answer() -> None:
+    """protojson sends "{}" for an empty message: zero bytes with status 200 came from
+    something else, and taking them as "no tasks" would forget a key whose tasks the
+    server may have assigned."""
+    with pytest.raises(TransportFailure, match="empty answer") as info:
+        interpret("FetchTask", 200, "application/json", b"")
+    assert info.value.outcome_unknown
+
+
 def test_deep_nesting_is_malformed_not_a_recursion_error() -> None:
     """Found by the fuzzer: json.loads raises RecursionError (not ValueError) past the
     interpreter's stack; it escaped the client and would have ended the fetch loop."""

@@ -279,7 +279,10 @@ class RunnerClient:
                 shown = ctype[:80] or "none"
                 raise TransportFailure("malformed", f"{method}: content type {shown!r}")
             if not raw:
-                return {}
+                # protojson writes "{}" for an empty message; zero bytes come from something
+                # else (a proxy). Taken as "no tasks", it would drop a key whose tasks the
+                # server may have assigned.
+                raise TransportFailure("malformed", f"{method}: empty answer")
             try:
                 data = json.loads(raw)
             except (ValueError, RecursionError):
