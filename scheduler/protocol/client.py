@@ -90,16 +90,27 @@ class TransportFailure(RpcError):
 
 
 def _why(exc: BaseException) -> str:
-    """``Type: message`` of ``exc``, with the first cause that has a message when it has
-    none itself: a TLS failure reaches us as an empty ``ConnectError`` whose cause chain
-    (trio's ``BrokenResourceError`` → ``ssl.SSLCertVerificationError``) says why."""
+    """``Type: message`` of ``exc`` and of the deepest cause that says more.
+
+    httpx's messages alone are poor: a TLS failure is an empty ``ConnectError`` (the
+    reason is an ``ssl.SSLCertVerificationError`` down the cause chain), a refused
+    connection is "all attempts to connect to H:P failed" (the ``ConnectionRefusedError``
+    is inside an exception group).
+    """
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    cause, seen = exc.__cause__ or exc.__context__, 0
-    while cause is not None and not str(exc) and seen < 5:
-        if str(cause):
-            text = f"{text}: {type(cause).__name__}: {cause}"
+    detail: BaseException | None = None
+    cause = exc.__cause__ or exc.__context__
+    for _ in range(8):
+        if cause is None:
             break
-        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+        if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+            cause = cause.exceptions[0]
+            continue
+        if str(cause) and str(cause) != str(exc):
+            detail = cause
+        cause = cause.__cause__ or cause.__context__
+    if detail is not None:
+        text = f"{text}: {type(detail).__name__}: {detail}"
     return text[:300]  # a library's message may quote what the server sent
 
 
