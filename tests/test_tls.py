@@ -111,7 +111,9 @@ def test_verification_is_on_by_default(tmp_path: Path) -> None:
         capacity=1)
     (conn,) = load_config(config).connections
     assert (conn.ca_file, conn.insecure) == (None, False)
-    assert ssl_context(None, False) is True  # httpx: verify against the system store
+    default = ssl_context(None, False)  # verifies against httpx's CA bundle (certifi)
+    assert isinstance(default, ssl.SSLContext) and default.verify_mode == ssl.CERT_REQUIRED
+    assert ssl_context(None, False) is default  # one context shared by every connection
     assert ssl_context(None, True) is False
 
 

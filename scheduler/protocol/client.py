@@ -16,6 +16,7 @@ Failures come out as two kinds, because the fetch loop must tell them apart:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import ssl
@@ -126,15 +127,27 @@ def ssl_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext | bool:
     if insecure:
         return False
     if ca_file:
-        try:
-            return ssl.create_default_context(cafile=ca_file)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            log.error(
-                "ca_file %s cannot be loaded (%s); TLS connections that rely on it will "
-                "fail certificate verification", ca_file, exc,
-            )
-            return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, trusts nothing
-    return True
+        return _ca_context(ca_file)
+    return _default_context()
+
+
+@functools.cache
+def _default_context() -> ssl.SSLContext:
+    """One verifying context for every connection: httpx would load the CA bundle into a
+    new context per client, about 0.9 MiB each (measured by bench figure 6b)."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
+@functools.cache
+def _ca_context(ca_file: str) -> ssl.SSLContext:
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        log.error(
+            "ca_file %s cannot be loaded (%s); TLS connections that rely on it will "
+            "fail certificate verification", ca_file, exc,
+        )
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, trusts nothing
 
 
 class RunnerClient:
