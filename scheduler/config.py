@@ -929,4 +929,19 @@ def config_warnings(config: Config) -> list[str]:
                 f"connections.{c.name}: insecure = true: TLS certificates of {c.url} "
                 "are not verified"
             )
+        host = (urllib.parse.urlsplit(c.url).hostname or "").lower()
+        if c.url.lower().startswith("http:") and not _is_loopback(host):
+            out.append(
+                f"connections.{c.name}: {c.url} is plain HTTP: the runner token and every "
+                "task's secrets cross the network unencrypted (use https://)"
+            )
     return out
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -995,3 +995,22 @@ def test_errors_are_not_chained_to_internal_exceptions(tmp_path: Path) -> None:
         parse(d, tmp_path)
     assert info.value.__cause__ is None
     assert info.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("http://forgejo.example", True),
+        ("http://10.0.0.5:3000", True),
+        ("http://127.0.0.1:3000", False),
+        ("http://localhost:3000", False),
+        ("http://[::1]:3000", False),
+        ("https://forgejo.example", False),
+    ],
+)
+def test_plain_http_to_another_host_is_warned(tmp_path: Path, url: str, warned: bool) -> None:
+    d = base()
+    conn(d)["url"] = url
+    warnings = [w for w in config_warnings(parse(d, tmp_path)) if "plain HTTP" in w]
+    assert bool(warnings) is warned
+    assert all(TOKEN not in w for w in warnings)
