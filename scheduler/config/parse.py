@@ -1,28 +1,4 @@
-"""The configuration file: one TOML file, validated completely before anything starts.
-
-Why so strict: this process holds tokens for several Forgejo instances and a fixed
-number of slots on a machine. A typo that silently falls back to a default (``max_slot``
-instead of ``max_slots``, ``weight = true``) would show up hours later as an unfair or
-overloaded runner, so every problem is a :class:`ConfigError` at start-up whose message
-names the file, the dotted key and what was expected, e.g.::
-
-    config.toml: connections.codeberg.max_slots: expected an integer between 1
-    and capacity (4), got 7
-
-Unknown keys are errors too (with a "did you mean" from :mod:`difflib`).
-
-Tokens are secrets: a token value is never part of an error message, a ``repr`` or the
-output of :func:`render_config`; only where it came from (``token_source``) is shown.
-
-Layout (``config.toml`` in the repository root is the commented example, and
-``docs/configuration.md`` the reference)::
-
-    [runner]                 capacity, fetch_interval, fetch_timeout, report_interval,
-                             shutdown_timeout, state_dir, labels
-    [metrics]                listen, enabled
-    [connections.<name>]     url, uuid, token_file | token_env | token, labels, weight,
-                             min_slots, max_slots, fetch_interval, ca_file, insecure
-"""
+"""Reading and validating the TOML file into :mod:`scheduler.config.values`."""
 
 from __future__ import annotations
 
@@ -31,103 +7,23 @@ import ipaddress
 import math
 import os
 import re
-import ssl
 import stat
 import string
 import tomllib
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
-import attrs
-
-from scheduler.durations import describe_value, format_duration, parse_duration
-
-__all__ = [
-    "Config",
-    "ConfigError",
-    "ConnectionSettings",
-    "MetricsSettings",
-    "RunnerSettings",
-    "config_warnings",
-    "load_config",
-    "parse_config",
-    "render_config",
-    "token_file_warning",
-]
-
-
-class ConfigError(Exception):
-    """The configuration is unusable; the message already names file, key and expectation,
-    so callers print it as is (no traceback) and exit."""
-
-
-# ---------------------------------------------------------------------------------------
-# The values
-
-
-@attrs.frozen(kw_only=True)
-class RunnerSettings:
-    """Process-wide settings from ``[runner]``; durations are seconds."""
-
-    capacity: int
-    fetch_interval: float = 2.0
-    fetch_timeout: float = 30.0
-    report_interval: float = 1.0
-    #: How long a graceful shutdown waits for running tasks before cancelling them.
-    #: Ten minutes: long enough for typical CI jobs to finish on a deploy/restart,
-    #: short enough that a stuck job does not block a host reboot indefinitely.
-    shutdown_timeout: float = 600.0
-    #: Absolute; the file's default is ``state`` next to the config file.
-    state_dir: Path
-    #: Labels for connections that do not set their own.
-    labels: tuple[str, ...] = ()
-
-
-@attrs.frozen(kw_only=True)
-class MetricsSettings:
-    """The Prometheus endpoint from ``[metrics]``; port 0 asks the OS for a free port."""
-
-    host: str = "127.0.0.1"
-    port: int = 9464
-    enabled: bool = True
-
-
-@attrs.frozen(kw_only=True)
-class ConnectionSettings:
-    """One Forgejo instance (one runner registration) from ``[connections.<name>]``.
-
-    ``token`` is the secret itself and is deliberately left out of ``repr``; use
-    ``token_source`` ("file:/abs/path", "env:NAME" or "config") when talking about it.
-    """
-
-    name: str
-    url: str
-    uuid: str
-    token: str = attrs.field(repr=False)
-    token_source: str
-    labels: tuple[str, ...]
-    weight: float = 1.0
-    min_slots: int = 0
-    max_slots: int
-    fetch_interval: float
-    ca_file: Path | None = None
-    insecure: bool = False
-
-
-@attrs.frozen(kw_only=True)
-class Config:
-    """The whole, validated configuration."""
-
-    source: Path
-    runner: RunnerSettings
-    metrics: MetricsSettings
-    connections: tuple[ConnectionSettings, ...]
-
-
-# ---------------------------------------------------------------------------------------
-# Schema: which keys exist where (for unknown-key errors and "did you mean")
+from scheduler.config.render import _toml_key
+from scheduler.config.values import (
+    Config,
+    ConfigError,
+    ConnectionSettings,
+    MetricsSettings,
+    RunnerSettings,
+)
+from scheduler.durations import describe_value, parse_duration
 
 _TOP_KEYS = ("runner", "metrics", "connections")
 _RUNNER_KEYS = (
@@ -166,7 +62,6 @@ _HOSTNAME_RE = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
 )
-_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 #: A token file longer than this is not a token file.
 MAX_TOKEN_FILE_BYTES = 64 * 1024
@@ -793,155 +688,3 @@ def _parse_listen(text: str) -> tuple[str, int] | None:
 
 # ---------------------------------------------------------------------------------------
 # Showing and checking
-
-
-def _toml_str(text: str) -> str:
-    out = ['"']
-    for c in text:
-        if c == '"':
-            out.append('\\"')
-        elif c == "\\":
-            out.append("\\\\")
-        elif c == "\n":
-            out.append("\\n")
-        elif c == "\t":
-            out.append("\\t")
-        elif ord(c) < 0x20 or ord(c) == 0x7F:
-            out.append(f"\\u{ord(c):04x}")
-        else:
-            out.append(c)
-    out.append('"')
-    return "".join(out)
-
-
-def _toml_array(items: Iterable[str]) -> str:
-    return "[" + ", ".join(_toml_str(i) for i in items) + "]"
-
-
-def _toml_key(name: str) -> str:
-    return name if _BARE_KEY_RE.fullmatch(name) else _toml_str(name)
-
-
-def _listen(metrics: MetricsSettings) -> str:
-    host = f"[{metrics.host}]" if ":" in metrics.host else metrics.host
-    return f"{host}:{metrics.port}"
-
-
-def render_config(config: Config) -> str:
-    """The resolved config as TOML text, every default filled in, tokens shown as
-    ``"<redacted> (from env:NAME)"``. Used by ``forgejo-scheduler check-config``, so an
-    operator sees what the service will actually do (inherited labels, absolute paths,
-    normalised URLs) rather than what they think they wrote.
-
-    The output parses as TOML; it is not meant to be loaded back (tokens are redacted).
-    """
-    r = config.runner
-    m = config.metrics
-    lines = [
-        f"# Resolved configuration from {config.source} (all defaults filled in).",
-        "",
-        "[runner]",
-        f"capacity = {r.capacity}",
-        f"fetch_interval = {_toml_str(format_duration(r.fetch_interval))}",
-        f"fetch_timeout = {_toml_str(format_duration(r.fetch_timeout))}",
-        f"report_interval = {_toml_str(format_duration(r.report_interval))}",
-        f"shutdown_timeout = {_toml_str(format_duration(r.shutdown_timeout))}",
-        f"state_dir = {_toml_str(str(r.state_dir))}",
-        f"labels = {_toml_array(r.labels)}",
-        "",
-        "[metrics]",
-        f"listen = {_toml_str(_listen(m))}",
-        f"enabled = {'true' if m.enabled else 'false'}",
-    ]
-    for c in config.connections:
-        lines += [
-            "",
-            f"[connections.{_toml_key(c.name)}]",
-            f"url = {_toml_str(c.url)}",
-            f"uuid = {_toml_str(c.uuid)}",
-            f"token = {_toml_str(f'<redacted> (from {c.token_source})')}",
-            f"labels = {_toml_array(c.labels)}",
-            f"weight = {c.weight!r}",
-            f"min_slots = {c.min_slots}",
-            f"max_slots = {c.max_slots}",
-            f"fetch_interval = {_toml_str(format_duration(c.fetch_interval))}",
-            (
-                f"ca_file = {_toml_str(str(c.ca_file))}"
-                if c.ca_file is not None
-                else "# ca_file: not set (system trust store)"
-            ),
-            f"insecure = {'true' if c.insecure else 'false'}",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def token_file_warning(path: Path) -> str | None:
-    """A warning if the token file at ``path`` is readable by group or others, else None.
-
-    Not an error: a root-owned 0640 file with a dedicated group can be deliberate. But
-    the usual cause is a ``umask 022`` when the file was written, which exposes the
-    runner's credential to every local user, so it is worth a line in the log.
-    A file that cannot be stat'ed gives None (loading it will already have failed).
-    """
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError:
-        return None
-    if mode & (stat.S_IRGRP | stat.S_IROTH) == 0:
-        return None
-    who = " and ".join(
-        w for w, bit in (("group", stat.S_IRGRP), ("others", stat.S_IROTH)) if mode & bit
-    )
-    return (
-        f"token file {path} is readable by {who} (mode {mode:04o}); "
-        f"restrict it with: chmod 600 {path}"
-    )
-
-
-def ca_file_problem(path: Path) -> str | None:
-    """Why ``path`` is not a usable PEM CA bundle, or None if it loads."""
-    try:
-        ssl.create_default_context(cafile=str(path))
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        return f"cannot be loaded as PEM certificates ({exc})"
-    return None
-
-
-def config_warnings(config: Config) -> list[str]:
-    """Things that are allowed but deserve a log line at start-up (and in check-config):
-    token files others can read, a ca_file that does not load, and connections that skip
-    TLS verification."""
-    out: list[str] = []
-    for c in config.connections:
-        if c.token_source.startswith("file:"):
-            warning = token_file_warning(Path(c.token_source.removeprefix("file:")))
-            if warning:
-                out.append(f"connections.{c.name}: {warning}")
-        if c.ca_file is not None:
-            problem = ca_file_problem(c.ca_file)
-            if problem:
-                out.append(
-                    f"connections.{c.name}: ca_file {c.ca_file} {problem}; TLS to {c.url} "
-                    "will fail certificate verification"
-                )
-        if c.insecure and c.url.lower().startswith("https:"):
-            out.append(
-                f"connections.{c.name}: insecure = true: TLS certificates of {c.url} "
-                "are not verified"
-            )
-        host = (urllib.parse.urlsplit(c.url).hostname or "").lower()
-        if c.url.lower().startswith("http:") and not _is_loopback(host):
-            out.append(
-                f"connections.{c.name}: {c.url} is plain HTTP: the runner token and every "
-                "task's secrets cross the network unencrypted (use https://)"
-            )
-    return out
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

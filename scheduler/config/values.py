@@ -1,0 +1,79 @@
+"""The configuration's values: frozen attrs classes, and the error every problem becomes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message already names file, key and expectation,
+    so callers print it as is (no traceback) and exit."""
+
+
+# ---------------------------------------------------------------------------------------
+# The values
+
+
+@attrs.frozen(kw_only=True)
+class RunnerSettings:
+    """Process-wide settings from ``[runner]``; durations are seconds."""
+
+    capacity: int
+    fetch_interval: float = 2.0
+    fetch_timeout: float = 30.0
+    report_interval: float = 1.0
+    #: How long a graceful shutdown waits for running tasks before cancelling them.
+    #: Ten minutes: long enough for typical CI jobs to finish on a deploy/restart,
+    #: short enough that a stuck job does not block a host reboot indefinitely.
+    shutdown_timeout: float = 600.0
+    #: Absolute; the file's default is ``state`` next to the config file.
+    state_dir: Path
+    #: Labels for connections that do not set their own.
+    labels: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class MetricsSettings:
+    """The Prometheus endpoint from ``[metrics]``; port 0 asks the OS for a free port."""
+
+    host: str = "127.0.0.1"
+    port: int = 9464
+    enabled: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class ConnectionSettings:
+    """One Forgejo instance (one runner registration) from ``[connections.<name>]``.
+
+    ``token`` is the secret itself and is deliberately left out of ``repr``; use
+    ``token_source`` ("file:/abs/path", "env:NAME" or "config") when talking about it.
+    """
+
+    name: str
+    url: str
+    uuid: str
+    token: str = attrs.field(repr=False)
+    token_source: str
+    labels: tuple[str, ...]
+    weight: float = 1.0
+    min_slots: int = 0
+    max_slots: int
+    fetch_interval: float
+    ca_file: Path | None = None
+    insecure: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """The whole, validated configuration."""
+
+    source: Path
+    runner: RunnerSettings
+    metrics: MetricsSettings
+    connections: tuple[ConnectionSettings, ...]
+
+
+# ---------------------------------------------------------------------------------------
+# Schema: which keys exist where (for unknown-key errors and "did you mean")
