@@ -21,18 +21,16 @@ from scheduler.executor.contexts import ExprFailure
 from scheduler.executor.state import Scope
 from scheduler.executor.steps import (
     MAIN,
-    POST,
     PRE,
     StepFailed,
     StepRun,
     input_key,
     run_main,
     run_stage,
-    stage_header,
 )
 from scheduler.executor.uses import has_stage as has_stage_step
 from scheduler.executor.uses import prepare as prepare_step
-from scheduler.executor.uses import run_action
+from scheduler.executor.uses import run_action_stage, run_post_stages
 
 
 @attrs.define(eq=False)
@@ -116,11 +114,7 @@ async def run(sr: StepRun, stage: str) -> None:
 async def _pre(composite: Composite) -> None:
     for child in composite.children:
         if has_stage_step(child, PRE):
-            assert child.action is not None
-            result = await run_stage(
-                child, PRE, lambda c: run_action(c, PRE),
-                condition=child.action.pre_if, on_start=stage_header(child, PRE),
-            )
+            result = await run_action_stage(child, PRE)
             if result.conclusion == "failure":
                 raise StepFailed("")
 
@@ -147,16 +141,5 @@ async def _main(sr: StepRun, composite: Composite) -> None:
 
 
 async def _post(composite: Composite) -> None:
-    failed = False
-    for child in reversed(composite.children):
-        result = composite.scope.step_results.get(child.step.id)
-        if result is None or result.conclusion == "skipped" or not has_stage_step(child, POST):
-            continue
-        assert child.action is not None
-        outcome = await run_stage(
-            child, POST, lambda c: run_action(c, POST),
-            condition=child.action.post_if, on_start=stage_header(child, POST),
-        )
-        failed = failed or outcome.conclusion == "failure"
-    if failed:
+    if await run_post_stages(composite.children, composite.scope):
         raise StepFailed("")

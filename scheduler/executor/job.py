@@ -28,17 +28,15 @@ from scheduler.executor.contexts import ExprFailure, needs_status
 from scheduler.executor.state import JobRun, Scope
 from scheduler.executor.steps import (
     MAIN,
-    POST,
     PRE,
     StepFailed,
     StepRun,
     run_main,
     run_stage,
     shown_minutes,
-    stage_header,
     timeout_seconds,
 )
-from scheduler.executor.uses import has_stage, prepare, run_action
+from scheduler.executor.uses import has_stage, prepare, run_action_stage, run_post_stages
 from scheduler.protocol import Result
 
 OUTCOMES = {"success": Result.SUCCESS, "failure": Result.FAILURE, "skipped": Result.SKIPPED}
@@ -138,11 +136,7 @@ class JobRunner:
                 self.failed = True
                 break
             if has_stage(sr, PRE):
-                assert sr.action is not None
-                result = await run_stage(
-                    sr, PRE, lambda s: run_action(s, PRE),
-                    condition=sr.action.pre_if, on_start=stage_header(sr, PRE),
-                )
+                result = await run_action_stage(sr, PRE)
                 if result.conclusion == "failure":
                     self.failed = True
                     break
@@ -179,17 +173,8 @@ class JobRunner:
                 reporter.finish_step(index, Result.CANCELLED)
 
     async def _post(self) -> None:
-        for sr in reversed(self.steps):
-            result = self.scope.step_results.get(sr.step.id)
-            if result is None or result.conclusion == "skipped" or not has_stage(sr, POST):
-                continue
-            assert sr.action is not None
-            outcome = await run_stage(
-                sr, POST, lambda s: run_action(s, POST),
-                condition=sr.action.post_if, on_start=stage_header(sr, POST),
-            )
-            if outcome.conclusion == "failure":
-                self.failed = True
+        if await run_post_stages(self.steps, self.scope):
+            self.failed = True
 
     def _outputs(self) -> None:
         reporter = self.run.reporter

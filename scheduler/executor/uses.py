@@ -8,8 +8,20 @@ when their step runs, since an earlier step (a checkout) usually creates them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from scheduler.executor.actions import ActionError, parse_remote, read_action
-from scheduler.executor.steps import CONTAINER_NEEDED, MAIN, PRE, StepFailed, StepRun
+from scheduler.executor.state import Scope, StepResult
+from scheduler.executor.steps import (
+    CONTAINER_NEEDED,
+    MAIN,
+    POST,
+    PRE,
+    StepFailed,
+    StepRun,
+    run_stage,
+    stage_header,
+)
 
 
 async def prepare(sr: StepRun) -> None:
@@ -94,3 +106,27 @@ def has_stage(sr: StepRun, stage: str) -> bool:
     if action.using == "docker":
         return False
     return bool(action.pre if stage == PRE else action.post)
+
+
+async def run_action_stage(sr: StepRun, stage: str) -> StepResult:
+    """The pre or post stage of a prepared action, under its ``pre-if``/``post-if``."""
+    action = sr.action
+    assert action is not None
+    condition = action.pre_if if stage == PRE else action.post_if
+    return await run_stage(
+        sr, stage, lambda s: run_action(s, stage),
+        condition=condition, on_start=stage_header(sr, stage),
+    )
+
+
+async def run_post_stages(steps: Sequence[StepRun], scope: Scope) -> bool:
+    """Post stages of the steps that ran, last first (a job's or a composite's alike);
+    True if one of them failed."""
+    failed = False
+    for sr in reversed(steps):
+        result = scope.step_results.get(sr.step.id)
+        if result is None or result.conclusion == "skipped" or not has_stage(sr, POST):
+            continue
+        outcome = await run_action_stage(sr, POST)
+        failed = failed or outcome.conclusion == "failure"
+    return failed
