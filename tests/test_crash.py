@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,10 @@ from scheduler.executor.simulated import SimulatedExecutor
 from scheduler.keys import KeyStore, PendingFetch
 from scheduler.service import Service
 from scheduler.sim import FaultPlan, InstanceSpec, Simulator
+from tests.conftest import wait_for
 from tests.daemon import Daemon
 
 RESTARTED = "the runner restarted while this task was running"
-
-
-async def until(predicate: Callable[[], bool], within: float = 60) -> None:
-    with trio.fail_after(within):
-        while not predicate():
-            await trio.sleep(0.05)
 
 
 async def test_kill9_after_assignment_before_the_answer(tmp_path: Path) -> None:
@@ -42,7 +36,7 @@ async def test_kill9_after_assignment_before_the_answer(tmp_path: Path) -> None:
         first = Daemon(config)
         await first.start(nursery)
         sim.instances["a"].add_job(duration=0.3)
-        await until(lambda: sim.ledger.snapshot()["assigned"] == 1)
+        await wait_for(lambda: sim.ledger.snapshot()["assigned"] == 1, within=60)
         first.kill9()
         assert await first.wait() == -signal.SIGKILL
         pending = KeyStore(tmp_path / "state", "a").load().pending
@@ -51,7 +45,7 @@ async def test_kill9_after_assignment_before_the_answer(tmp_path: Path) -> None:
         sim.instances["a"].set_faults(FaultPlan())
         second = Daemon(config)
         await second.start(nursery)
-        await until(lambda: sim.ledger.snapshot()["finished"] == 1)
+        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1, within=60)
         second.signal(signal.SIGTERM)
         assert await second.wait() == 0
         nursery.cancel_scope.cancel()
@@ -74,17 +68,17 @@ async def test_kill9_while_tasks_run_reports_them_failed_on_restart(tmp_path: Pa
             sim.instances[name].add_job(duration=3)
         running = lambda: [t for i in sim.instances.values() for t in i.tasks.values()  # noqa: E731
                            if t.updates and not t.done]
-        await until(lambda: len(running()) == 2)
+        await wait_for(lambda: len(running()) == 2, within=60)
         first.kill9()
         await first.wait()
         orphans = {t.id for t in running()}
 
         second = Daemon(config)
         await second.start(nursery)
-        await until(lambda: all(sim.instances[n].tasks[t].done for n in "ab"
-                                for t in sim.instances[n].tasks if t in orphans))
+        await wait_for(lambda: all(sim.instances[n].tasks[t].done for n in "ab"
+                                for t in sim.instances[n].tasks if t in orphans), within=60)
         sim.instances["a"].add_job(duration=0.2)  # and it goes on working
-        await until(lambda: sim.ledger.snapshot()["finished"] == 3)
+        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 3, within=60)
         second.signal(signal.SIGTERM)
         assert await second.wait() == 0
         nursery.cancel_scope.cancel()
@@ -115,11 +109,11 @@ async def test_key_persisted_but_never_sent_behaves_as_a_fresh_request(
         sim.instances["a"].add_job(duration=1)
         service = Service(load_config(path), executor=SimulatedExecutor(), seed=1)
         await nursery.start(service.run)
-        await until(lambda: sim.ledger.snapshot()["finished"] == 1, within=120)
+        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1, within=120)
         (task,) = sim.instances["a"].tasks.values()
         assert task.request_key == "never-sent-key"
         service.request_stop()
-        await until(lambda: service.phase == "stopped")
+        await wait_for(lambda: service.phase == "stopped", within=60)
         nursery.cancel_scope.cancel()
     assert sim.ledger.snapshot()["lost"] == 0
     assert KeyStore(tmp_path / "state", "a").load().pending is None
@@ -139,21 +133,21 @@ async def test_orphan_that_had_already_finished_is_settled_quietly(
         sim.instances["a"].add_job(duration=1)
         service = Service(load_config(path), executor=SimulatedExecutor(), seed=1)
         await nursery.start(service.run)
-        await until(lambda: sim.ledger.snapshot()["finished"] == 1, within=120)
+        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1, within=120)
         service.request_stop()
-        await until(lambda: service.phase == "stopped")
+        await wait_for(lambda: service.phase == "stopped", within=60)
         (task_id,) = sim.instances["a"].tasks
         store = KeyStore(tmp_path / "state", "a")
         store.load()
         store.resolve((task_id,))  # as if the process died before forgetting it
         again = Service(load_config(path), executor=SimulatedExecutor(), seed=1)
         await nursery.start(again.run)
-        await until(lambda: KeyStore(tmp_path / "state", "a").load().running == (), within=120)
+        await wait_for(lambda: KeyStore(tmp_path / "state", "a").load().running == (), within=120)
         assert again.ledger.running("a") == 0
         sim.instances["a"].add_job(duration=1)  # the slot is free again
-        await until(lambda: sim.ledger.snapshot()["finished"] == 2, within=120)
+        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 2, within=120)
         again.request_stop()
-        await until(lambda: again.phase == "stopped")
+        await wait_for(lambda: again.phase == "stopped", within=60)
         nursery.cancel_scope.cancel()
     snap = sim.ledger.snapshot()
     assert snap["results"] == {"RESULT_SUCCESS": 2} and snap["duplicate_executions"] == 0

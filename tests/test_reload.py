@@ -15,7 +15,7 @@ from scheduler.executor.simulated import SimulatedExecutor
 from scheduler.reload import plan_reload
 from scheduler.service import Service
 from scheduler.sim import InstanceSpec, Simulator
-from tests.test_service import metric, wait_for
+from tests.conftest import metric, wait_for
 
 
 def write(sim: Simulator, tmp_path: Path, *, capacity: int,

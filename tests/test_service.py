@@ -7,7 +7,7 @@ real processes, and the demo test runs real processes end to end.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from scheduler.executor.simulated import SimulatedExecutor
 from scheduler.keys import KeyStore
 from scheduler.service import Service
 from scheduler.sim import FaultPlan, InstanceSpec, Simulator
+from tests.conftest import metric, wait_for
 
 
 @asynccontextmanager
@@ -61,17 +62,6 @@ async def world(
             service.abort()
             await wait_for(lambda: service.phase == "stopped")
         nursery.cancel_scope.cancel()
-
-
-async def wait_for(predicate: Callable[[], bool], *, within: float = 3600.0) -> None:
-    """Poll a condition on the (mock) clock; the services under test expose no events."""
-    with trio.fail_after(within):
-        while not predicate():
-            await trio.sleep(0.05)
-
-
-def metric(service: Service, name: str, **labels: str) -> float:
-    return service.metrics.registry.get_sample_value(f"forgejo_scheduler_{name}", labels) or 0.0
 
 
 async def drain(service: Service) -> None:
