@@ -273,15 +273,18 @@ async def running(
     *,
     executor: Executor | None = None,
     client_factory: ClientFactory | None = None,
+    crash: bool = False,
 ) -> AsyncIterator[Service]:
-    """A service from ``config``, started; on exit drained if the test did not stop it."""
+    """A service from ``config``, started. On exit it is aborted (running tasks cancelled
+    and reported) if the test did not stop it; with ``crash`` it is just cancelled, as
+    if the process had been killed."""
     kw: dict[str, Any] = {} if client_factory is None else {"client_factory": client_factory}
     service = Service(load_config(config), executor=executor or SimulatedExecutor(), seed=3,
                       **kw)
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
         yield service
-        if service.phase != "stopped":
+        if not crash and service.phase != "stopped":
             service.abort()
             await wait_for(lambda: service.phase == "stopped")
         nursery.cancel_scope.cancel()

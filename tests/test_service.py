@@ -21,7 +21,7 @@ from scheduler.executor.simulated import SimulatedExecutor
 from scheduler.keys import KeyStore
 from scheduler.service import Service
 from scheduler.sim import FaultPlan, InstanceSpec, Simulator
-from tests.conftest import metric, wait_for
+from tests.conftest import metric, running, wait_for
 
 
 @asynccontextmanager
@@ -36,11 +36,7 @@ async def world(
     shutdown_timeout: float = 600.0,
     crash: bool = False,
 ) -> AsyncIterator[tuple[Simulator, Service, SimulatedExecutor]]:
-    """A simulator and a service wired through a real config file.
-
-    On exit the service is aborted (running tasks cancelled and reported) while the
-    simulator still serves; with ``crash`` it is just cancelled, as if killed.
-    """
+    """A simulator and a service wired through a real config file (see ``running``)."""
     async with trio.open_nursery() as nursery:
         if sim is None:
             sim = Simulator(specs, seed=7)
@@ -55,12 +51,8 @@ async def world(
             connections=connections or {},
         )
         executor = SimulatedExecutor()
-        service = Service(load_config(path), executor=executor, seed=3)
-        await nursery.start(service.run)
-        yield sim, service, executor
-        if not crash and service.phase != "stopped":
-            service.abort()
-            await wait_for(lambda: service.phase == "stopped")
+        async with running(path, executor=executor, crash=crash) as service:
+            yield sim, service, executor
         nursery.cancel_scope.cancel()
 
 
