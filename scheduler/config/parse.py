@@ -339,36 +339,17 @@ class _Parser:
         if kind not in ("missing", "directory"):
             what = kind if kind.startswith("unusable") else "not one"
             self.fail("runner.state_dir", f"expected a directory, but {state_dir} is {what}")
+
+        def duration(key: str, *, allow_zero: bool = False) -> float:
+            default: float = getattr(d, key)
+            return self.duration(t, key, f"runner.{key}", default=default, allow_zero=allow_zero)
+
         return RunnerSettings(
             capacity=capacity,
-            fetch_interval=self.duration(
-                t,
-                "fetch_interval",
-                "runner.fetch_interval",
-                default=d.fetch_interval,
-                allow_zero=False,
-            ),
-            fetch_timeout=self.duration(
-                t,
-                "fetch_timeout",
-                "runner.fetch_timeout",
-                default=d.fetch_timeout,
-                allow_zero=False,
-            ),
-            report_interval=self.duration(
-                t,
-                "report_interval",
-                "runner.report_interval",
-                default=d.report_interval,
-                allow_zero=False,
-            ),
-            shutdown_timeout=self.duration(
-                t,
-                "shutdown_timeout",
-                "runner.shutdown_timeout",
-                default=d.shutdown_timeout,
-                allow_zero=True,
-            ),
+            fetch_interval=duration("fetch_interval"),
+            fetch_timeout=duration("fetch_timeout"),
+            report_interval=duration("report_interval"),
+            shutdown_timeout=duration("shutdown_timeout", allow_zero=True),
             state_dir=state_dir,
             labels=self.labels(t, "labels", "runner.labels") or (),
         )
