@@ -102,6 +102,7 @@ class ConnectionLoop:
     pending: PendingFetch | None = None
     attempts: int = 0  # sends of the current pending key
     doubt: str | None = None  # the last error logged for the current key, while unresolved
+    in_doubt: bool = False  # the current key's outcome is unknown (exported as a timestamp)
     last_error: str = ""
     redeclare: bool = False  # labels changed by a reload: Declare again before the next fetch
     stopping: trio.Event = attrs.field(factory=trio.Event)
@@ -119,10 +120,12 @@ class ConnectionLoop:
         if self.pending is not None:
             self.attempts = 1  # it was sent (or about to be) by the previous process
             self.tasks_version = self.pending.tasks_version
+            self._in_doubt(True)
             log.info(
                 "connection %s: retrying the request key left by the last run "
                 "(task capacity %d) before anything else",
-                self.name, self.pending.task_capacity,
+                self.name,
+                self.pending.task_capacity,
             )
         await self._declare_until_up()
         while True:
@@ -148,7 +151,8 @@ class ConnectionLoop:
                 log.error(
                     "connection %s: shutting down with an unresolved request key; "
                     "it stays in %s and the next start retries it",
-                    self.name, self.store.path,
+                    self.name,
+                    self.store.path,
                 )
                 break
             wait = await self._fetch_once(tasks)
@@ -194,10 +198,13 @@ class ConnectionLoop:
         if reused:
             log.info(
                 "connection %s: request key resolved after %d attempts: %d task(s)",
-                self.name, self.attempts, n,
+                self.name,
+                self.attempts,
+                n,
             )
         self._mark_up(True, "")
         self.doubt = None
+        self._in_doubt(False)
         ids = tuple(t.id for t in resp.tasks)
         # Record the tasks and forget the key in one atomic write, before anything runs.
         self.store.resolve(ids)
@@ -227,15 +234,29 @@ class ConnectionLoop:
         self.phase = Phase.IDLE
         return jittered(self.settings.fetch_interval, self.rng)
 
+    def _in_doubt(self, unresolved: bool) -> None:
+        """Export since when the current key has been unresolved (alerting on its age)."""
+        if unresolved == self.in_doubt:
+            return  # only the first doubt about a key starts the clock
+        self.in_doubt = unresolved
+        gauge = self.metrics.request_key_unresolved_since_timestamp_seconds.labels(self.name)
+        if unresolved:
+            gauge.set_to_current_time()
+        else:
+            gauge.set(0)
+
     def _unresolved(self, exc: RpcError) -> float:
         assert self.pending is not None
         # Once per state change: the first failure of this key, or a different error.
+        self._in_doubt(True)
         if self.doubt != str(exc):
             self.doubt = str(exc)
             log.warning(
                 "connection %s: FetchTask outcome unknown (%s); keeping request key and "
                 "%d reserved slot(s), retrying",
-                self.name, exc, self.pending.task_capacity,
+                self.name,
+                exc,
+                self.pending.task_capacity,
             )
         self.last_error = str(exc)
         self.phase = Phase.UNRESOLVED
@@ -245,6 +266,7 @@ class ConnectionLoop:
     async def _refused(self, exc: RpcError) -> float:
         # The server proved it did nothing: the reservation and the key can go.
         self.doubt = None
+        self._in_doubt(False)
         self.pool.release(self.name)
         self.store.clear_pending()
         self.pending = None
@@ -265,8 +287,11 @@ class ConnectionLoop:
         attempt, refused = 0, first_wait
         while not self.stopping.is_set():
             if attempt or first_wait:
-                base, cap = (DOWN_BACKOFF_BASE, DOWN_BACKOFF_CAP) if refused else (
-                    BACKOFF_BASE, BACKOFF_CAP)
+                base, cap = (
+                    (DOWN_BACKOFF_BASE, DOWN_BACKOFF_CAP)
+                    if refused
+                    else (BACKOFF_BASE, BACKOFF_CAP)
+                )
                 await self._sleep(max(1.0, backoff(attempt, self.rng, base=base, cap=cap)))
                 if self.stopping.is_set():
                     return
@@ -275,8 +300,9 @@ class ConnectionLoop:
                 runner = await self.client.declare(__version__, self.label_names)
             except ConnectError as exc:
                 if exc.code == "unimplemented":
-                    log.info("connection %s: server has no Declare (old Forgejo); skipping",
-                             self.name)
+                    log.info(
+                        "connection %s: server has no Declare (old Forgejo); skipping", self.name
+                    )
                     self._declared_ok()
                     return
                 refused = not exc.outcome_unknown
@@ -288,8 +314,11 @@ class ConnectionLoop:
                 continue
             if runner.ephemeral:
                 refused = True
-                self._mark_up(False, "the server says this runner is ephemeral; a daemon "
-                              "cannot serve an ephemeral registration")
+                self._mark_up(
+                    False,
+                    "the server says this runner is ephemeral; a daemon "
+                    "cannot serve an ephemeral registration",
+                )
                 continue
             self._declared_ok()
             return
@@ -333,8 +362,11 @@ class ConnectionLoop:
         running.inc()
         try:
             outcome = await run_task(
-                self.client, task, self.executor,
-                report_interval=self.runner.report_interval, connection=self.name,
+                self.client,
+                task,
+                self.executor,
+                report_interval=self.runner.report_interval,
+                connection=self.name,
             )
             result = outcome.result.name.lower() if outcome.result.is_final else "unknown"
             self.metrics.tasks_finished_total.labels(self.name, result).inc()
@@ -352,8 +384,12 @@ class ConnectionLoop:
             if result is Result.FAILURE:
                 self.metrics.tasks_finished_total.labels(self.name, "failure").inc()
             elif result is not None:
-                log.info("connection %s: task %d had already ended (%s)",
-                         self.name, task_id, result.name.lower())
+                log.info(
+                    "connection %s: task %d had already ended (%s)",
+                    self.name,
+                    task_id,
+                    result.name.lower(),
+                )
         finally:
             self.store.task_done(task_id)
             if holds_slot:

@@ -116,6 +116,11 @@ class Metrics:
             "Time from a connection becoming hungry to being granted a slot.",
             SLOT_WAIT_BUCKETS,
         )
+        self.connection_waiting_for_slot = self._gauge(
+            "connection_waiting_for_slot",
+            "1 while the connection wants a slot to fetch with and none is free (unmet demand).",
+            c,
+        )
         self.fairness_jain_index = self._gauge(
             "fairness_jain_index",
             "Jain's fairness index over hungry connections, weighted by fair share (1/n..1).",
@@ -138,6 +143,12 @@ class Metrics:
         self.request_keys_reused_total = self._counter(
             "request_keys_reused_total",
             "FetchTask calls sent with a request key already used (in-doubt fetch resolved).",
+            c,
+        )
+        self.request_key_unresolved_since_timestamp_seconds = self._gauge(
+            "request_key_unresolved_since_timestamp_seconds",
+            "Unix time since which the current request key has been in doubt (first "
+            "unknown outcome, or a restart with a pending key); 0 = no key in doubt.",
             c,
         )
         self.request_key_rotations_total = self._counter(

@@ -330,4 +330,5 @@ class Service:
             m.slots_held.labels(name).set(led.held(name))
             m.slots_reserved.labels(name).set(led.reserved(name))
             m.fair_share_slots.labels(name).set(shares[name])
+            m.connection_waiting_for_slot.labels(name).set(1 if led.is_hungry(name) else 0)
         m.fairness_jain_index.set(led.jain_index())
