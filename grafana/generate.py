@@ -1,14 +1,16 @@
-"""Generate ``grafana/dashboard.json`` for forgejo-scheduler.
+"""Generate ``grafana/dashboard.json`` for forgejo-scheduler with grafana-foundation-sdk.
 
-Why a script: a dashboard is ~1000 lines of JSON that nobody reviews; the handful of
-PromQL expressions and the layout below are what matters, and a diff of this file
-says what changed. The JSON is committed so that operators need no Python to import
-it; ``tests/test_metrics.py`` fails when the two drift apart, or when an expression
-names a metric ``scheduler.metrics.Metrics`` does not export.
+Why a script: a dashboard is ~1500 lines of JSON that nobody reviews; the PromQL
+expressions and the layout below are what matters, and a diff of this file says what
+changed. The JSON is committed so that operators need no Python to import it;
+``tests/test_grafana.py`` fails when the two drift apart, when an expression names a
+metric ``scheduler.metrics.Metrics`` does not export, or when a metric is not graphed;
+``tests/test_prometheus_live.py`` sends every expression to a real Prometheus.
 
-Plain dicts, no SDK: grafana-foundation-sdk would be one more dependency for a file
-that changes rarely, and the schema subset used here (rows, timeseries, stat,
-state-timeline; schemaVersion 39) is stable.
+Why grafana-foundation-sdk (Grafana's own generated builders, pinned to the 11.6
+schema): panel, field-config and query types are checked by mypy instead of being
+dicts that Grafana silently ignores when a key is misspelt. It is a development
+dependency only (the ``test`` extra); the service never imports it.
 
 Usage::
 
@@ -24,15 +26,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import prometheus as pb
+from grafana_foundation_sdk.builders import stat, statetimeline, timeseries
+from grafana_foundation_sdk.cog.builder import Builder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.cog.variants import Dataquery
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+
 OUT = Path(__file__).resolve().parent / "dashboard.json"
 
 UID = "forgejo-scheduler"
-SCHEMA_VERSION = 39
 P = "forgejo_scheduler_"
-DS = {"type": "prometheus", "uid": "${datasource}"}
+DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 CONN = 'connection=~"$connection"'
+HEIGHT, HALF = 8, 12
+DASH = {"fill": "dash", "dash": [10, 10]}
 
-Panel = dict[str, Any]
+Panel = timeseries.Panel | statetimeline.Panel | stat.Panel
+
+
+# --- PromQL --------------------------------------------------------------------------
 
 
 def sel(metric: str) -> str:
@@ -44,436 +60,427 @@ def rate(metric: str) -> str:
     return f"rate({sel(metric)}[$__rate_interval])"
 
 
+def by_conn(expr: str) -> str:
+    return f"sum by (connection) ({expr})"
+
+
 def quantile(q: float, metric: str) -> str:
     """Quantile per connection from a classic histogram (buckets summed over instances)."""
     return f"histogram_quantile({q}, sum by (connection, le) ({rate(metric + '_bucket')}))"
 
 
-def target(expr: str, legend: str, ref: str) -> dict[str, Any]:
-    return {"datasource": DS, "expr": expr, "legendFormat": legend, "range": True, "refId": ref}
+def query(expr: str, legend: str, ref: str) -> pb.Dataquery:
+    return pb.Dataquery().expr(expr).legend_format(legend).range().ref_id(ref).datasource(DS)
 
 
-def targets(*pairs: tuple[str, str]) -> list[dict[str, Any]]:
-    return [target(e, legend, chr(ord("A") + i)) for i, (e, legend) in enumerate(pairs)]
+def queries(*pairs: tuple[str, str]) -> list[Builder[Dataquery]]:
+    return [query(e, legend, chr(ord("A") + i)) for i, (e, legend) in enumerate(pairs)]
 
 
-def timeseries(
+# --- panel kinds -------------------------------------------------------------------
+
+
+def graph(
     title: str,
     description: str,
-    exprs: list[dict[str, Any]],
-    *,
+    *pairs: tuple[str, str],
     unit: str = "short",
     stacked: bool = False,
-    min_: float | None = 0,
     max_: float | None = None,
-    overrides: list[dict[str, Any]] | None = None,
-    draw: str = "line",
-) -> Panel:
-    defaults: dict[str, Any] = {
-        "unit": unit,
-        "color": {"mode": "palette-classic"},
-        "custom": {
-            "drawStyle": draw,
-            "lineWidth": 1,
-            "fillOpacity": 20 if stacked or draw == "bars" else 0,
-            "showPoints": "never",
-            "spanNulls": False,
-            "stacking": {"mode": "normal" if stacked else "none", "group": "A"},
-        },
-    }
-    if min_ is not None:
-        defaults["min"] = min_
+    bars: bool = False,
+) -> timeseries.Panel:
+    panel = (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DS)
+        .targets(queries(*pairs))
+        .unit(unit)
+        .min(0)
+        .height(HEIGHT)
+        .span(HALF)
+        .color_scheme(cb_color("palette-classic"))
+        .draw_style(cm.GraphDrawStyle.BARS if bars else cm.GraphDrawStyle.LINE)
+        .line_width(1)
+        .fill_opacity(20 if stacked or bars else 0)
+        .show_points(cm.VisibilityMode.NEVER)
+        .span_nulls(False)
+        .stacking(
+            cb.StackingConfig()
+            .mode(cm.StackingMode.NORMAL if stacked else cm.StackingMode.NONE)
+            .group("A")
+        )
+        .legend(
+            cb.VizLegendOptions()
+            .display_mode(cm.LegendDisplayMode.LIST)
+            .placement(cm.LegendPlacement.BOTTOM)
+            .show_legend(True)
+        )
+        .tooltip(
+            cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.DESCENDING)
+        )
+    )
     if max_ is not None:
-        defaults["max"] = max_
-    return {
-        "type": "timeseries",
-        "title": title,
-        "description": description,
-        "datasource": DS,
-        "targets": exprs,
-        "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
-        "options": {
-            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        },
-    }
+        panel = panel.max(max_)
+    return panel
 
 
-def dashed(regex: str) -> dict[str, Any]:
-    """Override: series whose name matches ``regex`` drawn dashed (targets, not actuals)."""
-    return {
-        "matcher": {"id": "byRegexp", "options": regex},
-        "properties": [
-            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
-            {"id": "custom.lineWidth", "value": 2},
+def cb_color(mode: str, fixed: str | None = None) -> db.FieldColor:
+    color = db.FieldColor().mode(dm.FieldColorModeId(mode))
+    return color.fixed_color(fixed) if fixed else color
+
+
+def dashed(panel: timeseries.Panel, regex: str) -> timeseries.Panel:
+    """Series whose name matches ``regex`` drawn dashed (targets and thresholds, not actuals)."""
+    return panel.override_by_regexp(
+        regex,
+        [
+            dm.DynamicConfigValue(id_val="custom.lineStyle", value=DASH),
+            dm.DynamicConfigValue(id_val="custom.lineWidth", value=2),
         ],
-    }
+    )
 
 
-def color(name: str, c: str) -> dict[str, Any]:
-    return {
-        "matcher": {"id": "byName", "options": name},
-        "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": c}}],
-    }
+def colored(panel: timeseries.Panel, colors: dict[str, str]) -> timeseries.Panel:
+    for name, c in colors.items():
+        panel = panel.override_by_name(
+            name, [dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": c})]
+        )
+    return panel
 
 
-def row(title: str) -> Panel:
-    return {"type": "row", "title": title, "collapsed": False, "panels": []}
+def red_above(panel: timeseries.Panel, value: float) -> timeseries.Panel:
+    """A red threshold line: the level an alert rule in prometheus/rules/ uses."""
+    return panel.thresholds(
+        db.ThresholdsConfig()
+        .mode(dm.ThresholdsMode.ABSOLUTE)
+        .steps([dm.Threshold(color="green", value=None), dm.Threshold(color="red", value=value)])
+    ).thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.LINE))
+
+
+# --- rows ----------------------------------------------------------------------------
 
 
 def capacity_row() -> list[Panel]:
     return [
-        row("Capacity"),
-        timeseries(
-            "Capacity vs slots held",
-            "Configured slots against slots held (running + reserved). Reserved slots "
-            "belong to fetches whose answer is not known yet; they stay reserved until "
-            "the request key resolves, so held never exceeds capacity.",
-            targets(
+        dashed(
+            graph(
+                "Capacity vs slots held",
+                "Configured slots against slots held (running + reserved). Reserved slots "
+                "belong to fetches whose answer is not known yet; they stay reserved until "
+                "the request key resolves, so held never exceeds capacity.",
                 (f"sum({P}capacity_slots)", "capacity"),
                 (f"sum({sel('slots_held')})", "held"),
                 (f"sum({sel('slots_reserved')})", "reserved (fetch in doubt)"),
             ),
-            overrides=[dashed("capacity")],
+            "capacity",
         ),
-        timeseries(
-            "Slots held per connection",
-            "Running plus reserved slots, stacked: who is using the pool.",
-            targets((f"sum by (connection) ({sel('slots_held')})", "{{connection}}")),
+        graph(
+            "Capacity utilisation",
+            "Share of all slots used by the selected connections: held (running + "
+            "reserved) and running tasks only. Near 100 % with connections waiting for a "
+            "slot means the pool is too small for the demand.",
+            (f"sum({sel('slots_held')}) / sum({P}capacity_slots)", "held"),
+            (f"sum({sel('tasks_running')}) / sum({P}capacity_slots)", "running"),
+            unit="percentunit",
+            max_=1,
+        ),
+        dashed(
+            graph(
+                "Slots held vs fair share per connection",
+                "Dashed: the weighted max-min share computed for each connection; solid: "
+                "what it holds. Without preemption a connection above its share converges "
+                "only as its jobs finish.",
+                (by_conn(sel("slots_held")), "{{connection}} held"),
+                (by_conn(sel("fair_share_slots")), "{{connection}} fair share"),
+            ),
+            ".* fair share",
+        ),
+        red_above(
+            graph(
+                "Jain fairness index",
+                "Jain's index over hungry connections, weighted by fair share: 1 is "
+                "perfectly fair, 1/n is one connection taking everything. The red line is "
+                "the ForgejoSchedulerUnfair alert's threshold.",
+                (f"min({P}fairness_jain_index)", "Jain index"),
+                unit="none",
+                max_=1,
+            ),
+            0.8,
+        ),
+        graph(
+            "Connections waiting for a slot",
+            "1 while a connection wants a slot to fetch with and none is free: the demand "
+            "the pool cannot serve now. Stacked, so the height is how many wait.",
+            (by_conn(sel("connection_waiting_for_slot")), "{{connection}}"),
             stacked=True,
         ),
-        timeseries(
-            "Fair share vs held",
-            "Dashed: the weighted max-min share computed for each connection; solid: "
-            "what it holds. Without preemption a connection above its share converges "
-            "only as its jobs finish.",
-            targets(
-                (f"sum by (connection) ({sel('slots_held')})", "{{connection}} held"),
-                (f"sum by (connection) ({sel('fair_share_slots')})", "{{connection}} fair share"),
+        dashed(
+            graph(
+                "Slot wait p50 / p95",
+                "Time from a connection becoming hungry to being granted a slot. Long waits "
+                "with free capacity would be a scheduler bug; with a full pool they are the "
+                "queue.",
+                (quantile(0.5, "slot_wait_seconds"), "{{connection}} p50"),
+                (quantile(0.95, "slot_wait_seconds"), "{{connection}} p95"),
+                unit="s",
             ),
-            overrides=[dashed(".* fair share")],
-        ),
-        timeseries(
-            "Jain fairness index",
-            "Jain's index over hungry connections, weighted by fair share: 1 is "
-            "perfectly fair, 1/n is one connection taking everything.",
-            targets((f"min({P}fairness_jain_index)", "Jain index")),
-            unit="none",
-            max_=1,
+            ".* p95",
         ),
     ]
 
 
 def fetch_row() -> list[Panel]:
     return [
-        row("Fetch"),
-        timeseries(
-            "Fetch requests/s by outcome",
-            "FetchTask calls per second. 'error', 'timeout', 'unauthorized' and "
-            "'throttled' are failures; 'empty' is a healthy idle poll.",
-            targets(
+        colored(
+            graph(
+                "FetchTask requests/s by outcome",
+                "FetchTask calls per second. 'error', 'timeout', 'unauthorized' and "
+                "'throttled' are failures; 'empty' is a healthy idle poll.",
                 (f"sum by (outcome) ({rate('fetch_requests_total')})", "{{outcome}}"),
+                unit="reqps",
+                stacked=True,
             ),
-            unit="reqps",
-            stacked=True,
-            overrides=[
-                color("tasks", "green"),
-                color("empty", "blue"),
-                color("error", "red"),
-                color("timeout", "orange"),
-                color("unauthorized", "purple"),
-                color("throttled", "yellow"),
-            ],
+            {
+                "tasks": "green",
+                "empty": "blue",
+                "error": "red",
+                "timeout": "orange",
+                "unauthorized": "purple",
+                "throttled": "yellow",
+            },
         ),
-        timeseries(
-            "Fetch duration p50 / p99",
-            "Round-trip time of FetchTask per connection (from the histogram).",
-            targets(
+        dashed(
+            graph(
+                "FetchTask duration p50 / p99",
+                "Round-trip time of FetchTask per connection (from the histogram).",
                 (quantile(0.5, "fetch_duration_seconds"), "{{connection}} p50"),
                 (quantile(0.99, "fetch_duration_seconds"), "{{connection}} p99"),
+                unit="s",
             ),
-            unit="s",
-            overrides=[dashed(".* p99")],
+            ".* p99",
         ),
-        timeseries(
+        graph(
             "Fetch retries and reused request keys",
             "Retries of an in-doubt fetch with the same request key. Sustained retries "
             "mean a server that answers slowly or not at all.",
-            targets(
-                (f"sum by (connection) ({rate('fetch_retries_total')})", "{{connection}} retries"),
-                (
-                    f"sum by (connection) ({rate('request_keys_reused_total')})",
-                    "{{connection}} reused keys",
-                ),
-            ),
+            (by_conn(rate("fetch_retries_total")), "{{connection}} retries"),
+            (by_conn(rate("request_keys_reused_total")), "{{connection}} reused keys"),
             unit="ops",
         ),
-        timeseries(
-            "Request key rotations",
-            "A key is rotated after every definite answer; this tracks successful fetches.",
-            targets(
+        red_above(
+            graph(
+                "Age of the unresolved request key",
+                "How long each connection's current request key has been in doubt (its "
+                "slots stay reserved meanwhile). Connections with no key in doubt are not "
+                "drawn. The red line is the ForgejoSchedulerRequestKeyUnresolved alert.",
                 (
-                    f"sum by (connection) ({rate('request_key_rotations_total')})",
+                    "time() - max by (connection) "
+                    f"({sel('request_key_unresolved_since_timestamp_seconds')} > 0)",
                     "{{connection}}",
                 ),
+                unit="s",
             ),
+            600,
+        ),
+        graph(
+            "Request key rotations",
+            "A key is rotated after every definite answer; this tracks successful fetches.",
+            (by_conn(rate("request_key_rotations_total")), "{{connection}}"),
             unit="ops",
         ),
     ]
 
 
 def tasks_row() -> list[Panel]:
-    return [
-        row("Tasks"),
-        timeseries(
-            "Tasks running per connection",
-            "Tasks executing now, stacked.",
-            targets((f"sum by (connection) ({sel('tasks_running')})", "{{connection}}")),
-            stacked=True,
-        ),
-        timeseries(
+    finished = colored(
+        graph(
             "Tasks finished by result (per minute)",
             "Final results reported, stacked by result; the dashed line is tasks received.",
-            targets(
-                (f"sum by (result) (60 * {rate('tasks_finished_total')})", "{{result}}"),
-                (f"sum(60 * {rate('tasks_received_total')})", "received"),
-            ),
+            (f"sum by (result) (60 * {rate('tasks_finished_total')})", "{{result}}"),
+            (f"sum(60 * {rate('tasks_received_total')})", "received"),
             unit="opm",
             stacked=True,
-            overrides=[
-                color("success", "green"),
-                color("failure", "red"),
-                color("cancelled", "orange"),
-                color("skipped", "blue"),
-                color("unknown", "purple"),
-                {
-                    "matcher": {"id": "byName", "options": "received"},
-                    "properties": [
-                        {"id": "custom.stacking", "value": {"mode": "none", "group": "B"}},
-                        {"id": "custom.fillOpacity", "value": 0},
-                        {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
-                        {"id": "color", "value": {"mode": "fixed", "fixedColor": "text"}},
-                    ],
-                },
-            ],
         ),
-        timeseries(
-            "Task duration p50 / p95",
-            "Wall-clock task duration per connection (from the histogram).",
-            targets(
+        {
+            "success": "green",
+            "failure": "red",
+            "cancelled": "orange",
+            "skipped": "blue",
+            "unknown": "purple",
+        },
+    ).override_by_name(
+        "received",
+        [
+            dm.DynamicConfigValue(id_val="custom.stacking", value={"mode": "none", "group": "B"}),
+            dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0),
+            dm.DynamicConfigValue(id_val="custom.lineStyle", value=DASH),
+            dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": "text"}),
+        ],
+    )
+    return [
+        graph(
+            "Tasks running per connection",
+            "Tasks executing now, stacked.",
+            (by_conn(sel("tasks_running")), "{{connection}}"),
+            stacked=True,
+        ),
+        finished,
+        dashed(
+            graph(
+                "Task duration p50 / p95",
+                "Wall-clock task duration per connection (from the histogram).",
                 (quantile(0.5, "task_duration_seconds"), "{{connection}} p50"),
                 (quantile(0.95, "task_duration_seconds"), "{{connection}} p95"),
+                unit="s",
             ),
-            unit="s",
-            overrides=[dashed(".* p95")],
+            ".* p95",
         ),
-        timeseries(
+        graph(
             "Recovered and rejected tasks",
             "Recovered: tasks that arrived on a retried request key (an in-doubt fetch "
-            "that did assign work). Rejected: tasks beyond the reserved slots, reported "
-            "failed at once. Both should be rare; rejected should be zero.",
-            targets(
-                (
-                    f"sum by (connection) (increase({sel('tasks_recovered_total')}"
-                    "[$__rate_interval]))",
-                    "{{connection}} recovered",
-                ),
-                (
-                    f"sum by (connection) (increase({sel('tasks_rejected_total')}"
-                    "[$__rate_interval]))",
-                    "{{connection}} rejected",
-                ),
+            "that did assign work: without the retry they would be lost). Rejected: tasks "
+            "beyond the reserved slots, reported failed at once; should stay zero.",
+            (
+                by_conn(f"increase({sel('tasks_recovered_total')}[$__rate_interval])"),
+                "{{connection}} recovered",
             ),
-            draw="bars",
+            (
+                by_conn(f"increase({sel('tasks_rejected_total')}[$__rate_interval])"),
+                "{{connection}} rejected",
+            ),
+            bars=True,
         ),
     ]
 
 
 def health_row() -> list[Panel]:
-    up = {
-        "type": "state-timeline",
-        "title": "Connection up",
-        "description": "1 when the last exchange with that Forgejo succeeded. A down "
-        "connection does not fail the liveness probe: the others keep working.",
-        "datasource": DS,
-        "targets": targets((f"max by (connection) ({sel('connection_up')})", "{{connection}}")),
-        "fieldConfig": {
-            "defaults": {
-                "color": {"mode": "thresholds"},
-                "thresholds": {
-                    "mode": "absolute",
-                    "steps": [{"color": "red", "value": None}, {"color": "green", "value": 1}],
-                },
-                "mappings": [
-                    {
-                        "type": "value",
-                        "options": {
-                            "0": {"text": "down", "color": "red", "index": 0},
-                            "1": {"text": "up", "color": "green", "index": 1},
-                        },
+    up = (
+        statetimeline.Panel()
+        .title("Connection up")
+        .description(
+            "1 when the last exchange with that Forgejo succeeded. A down connection does "
+            "not fail the liveness probe: the others keep working."
+        )
+        .datasource(DS)
+        .targets(queries((f"max by (connection) ({sel('connection_up')})", "{{connection}}")))
+        .height(HEIGHT)
+        .span(HALF)
+        .color_scheme(cb_color("thresholds"))
+        .thresholds(
+            db.ThresholdsConfig()
+            .mode(dm.ThresholdsMode.ABSOLUTE)
+            .steps([dm.Threshold(color="red", value=None), dm.Threshold(color="green", value=1)])
+        )
+        .mappings(
+            [
+                dm.ValueMap(
+                    options={
+                        "0": dm.ValueMappingResult(text="down", color="red", index=0),
+                        "1": dm.ValueMappingResult(text="up", color="green", index=1),
                     }
-                ],
-            },
-            "overrides": [],
-        },
-        "options": {
-            "showValue": "never",
-            "mergeValues": True,
-            "rowHeight": 0.8,
-            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": False},
-            "tooltip": {"mode": "single", "sort": "none"},
-        },
-    }
-    since = timeseries(
-        "Time since last successful fetch",
-        "Seconds since FetchTask last got an answer (tasks or empty). Connections that "
-        "never fetched are not drawn.",
-        targets(
+                )
+            ]
+        )
+        .show_value(cm.VisibilityMode.NEVER)
+        .merge_values(True)
+        .row_height(0.8)
+        .legend(cb.VizLegendOptions().display_mode(cm.LegendDisplayMode.LIST).show_legend(False))
+        .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.SINGLE))
+    )
+    since = red_above(
+        graph(
+            "Time since last successful fetch",
+            "Seconds since FetchTask last got an answer (tasks or empty). Connections that "
+            "never fetched are not drawn.",
             (
-                f"time() - max by (connection) "
+                "time() - max by (connection) "
                 f"({sel('last_successful_fetch_timestamp_seconds')} > 0)",
                 "{{connection}}",
-            )
-        ),
-        unit="s",
-    )
-    since["fieldConfig"]["defaults"]["thresholds"] = {
-        "mode": "absolute",
-        "steps": [{"color": "green", "value": None}, {"color": "red", "value": 300}],
-    }
-    since["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"] = {"mode": "line"}
-    return [
-        row("Health"),
-        up,
-        since,
-        timeseries(
-            "Slot wait p50 / p99",
-            "Time from a connection becoming hungry to being granted a slot. Long waits "
-            "with free capacity would be a scheduler bug; with a full pool they are the "
-            "queue.",
-            targets(
-                (quantile(0.5, "slot_wait_seconds"), "{{connection}} p50"),
-                (quantile(0.99, "slot_wait_seconds"), "{{connection}} p99"),
             ),
             unit="s",
-            overrides=[dashed(".* p99")],
         ),
-        {
-            "type": "stat",
-            "title": "Versions running",
-            "description": "Instances per build version (forgejo_scheduler_build_info).",
-            "datasource": DS,
-            "targets": targets((f"count by (version) ({P}build_info)", "{{version}}")),
-            "fieldConfig": {"defaults": {"unit": "short", "color": {"mode": "fixed"}}},
-            "options": {
-                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                "textMode": "value_and_name",
-                "colorMode": "none",
-                "graphMode": "none",
-            },
-        },
+        300,
+    )
+    versions = (
+        stat.Panel()
+        .title("Versions running")
+        .description("Instances per build version (forgejo_scheduler_build_info).")
+        .datasource(DS)
+        .targets(queries((f"count by (version) ({P}build_info)", "{{version}}")))
+        .height(HEIGHT)
+        .span(HALF)
+        .unit("short")
+        .color_scheme(cb_color("fixed"))
+        .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .text_mode(cm.BigValueTextMode.VALUE_AND_NAME)
+        .color_mode(cm.BigValueColorMode.NONE)
+        .graph_mode(cm.BigValueGraphMode.NONE)
+    )
+    return [up, since, versions]
+
+
+# --- the dashboard -------------------------------------------------------------------
+
+
+def variables() -> list[db.DatasourceVariable | db.QueryVariable]:
+    values = f"label_values({P}slots_held, connection)"
+    return [
+        db.DatasourceVariable("datasource").label("Data source").type("prometheus"),
+        db.QueryVariable("connection")
+        .label("Connection")
+        .datasource(DS)
+        .query(values)
+        .current(dm.VariableOption(selected=True, text=["All"], value=["$__all"]))
+        .include_all(True)
+        .all_value(".*")
+        .multi(True)
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC),
     ]
 
 
-def layout(panels: list[Panel]) -> list[Panel]:
-    """Assign ids and a grid: each row header full width, then two panels per line."""
-    y, x, pid = 0, 0, 1
-    out = []
-    for p in panels:
-        p = {"id": pid, **p}
-        pid += 1
-        if p["type"] == "row":
-            if x:
-                y, x = y + 8, 0
-            p["gridPos"] = {"h": 1, "w": 24, "x": 0, "y": y}
-            y += 1
-        else:
-            p["gridPos"] = {"h": 8, "w": 12, "x": x, "y": y}
-            x += 12
-            if x >= 24:
-                y, x = y + 8, 0
-        out.append(p)
-    return out
+ROWS = (
+    ("Capacity and fairness", capacity_row),
+    ("Fetch", fetch_row),
+    ("Tasks", tasks_row),
+    ("Health", health_row),
+)
 
 
-def templating() -> dict[str, Any]:
-    query = f"label_values({P}slots_held, connection)"
-    return {
-        "list": [
-            {
-                "name": "datasource",
-                "label": "Data source",
-                "type": "datasource",
-                "query": "prometheus",
-                "current": {},
-                "hide": 0,
-                "includeAll": False,
-                "multi": False,
-                "options": [],
-                "refresh": 1,
-                "regex": "",
-            },
-            {
-                "name": "connection",
-                "label": "Connection",
-                "type": "query",
-                "datasource": DS,
-                "definition": query,
-                "query": query,
-                "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-                "hide": 0,
-                "includeAll": True,
-                "allValue": ".*",
-                "multi": True,
-                "options": [],
-                "refresh": 2,
-                "regex": "",
-                "sort": 1,
-            },
-        ]
-    }
+def build() -> db.Dashboard:
+    dash = (
+        db.Dashboard("Forgejo scheduler")
+        .uid(UID)
+        .description(
+            "forgejo-scheduler: slots, fairness, fetches and tasks per Forgejo connection. "
+            "Generated by grafana/generate.py; do not edit by hand."
+        )
+        .tags(["forgejo", "forgejo-scheduler", "ci"])
+        .editable()
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .time("now-6h", "now")
+        .refresh("30s")
+        .timezone("browser")
+        .variables(variables())  # type: ignore[arg-type]
+    )
+    for title, panels in ROWS:
+        dash = dash.with_row(db.Row(title))
+        for panel in panels():
+            dash = dash.with_panel(panel)
+    return dash
 
 
-def build() -> dict[str, Any]:
-    """The whole dashboard as a dict (``json.dumps`` of it is ``dashboard.json``)."""
-    return {
-        "annotations": {
-            "list": [
-                {
-                    "builtIn": 1,
-                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-                    "enable": True,
-                    "hide": True,
-                    "iconColor": "rgba(0, 211, 255, 1)",
-                    "name": "Annotations & Alerts",
-                    "type": "dashboard",
-                }
-            ]
-        },
-        "description": "forgejo-scheduler: slots, fairness, fetches and tasks per "
-        "Forgejo connection. Generated by grafana/generate.py; do not edit by hand.",
-        "editable": True,
-        "fiscalYearStartMonth": 0,
-        "graphTooltip": 1,
-        "id": None,
-        "links": [],
-        "panels": layout(capacity_row() + fetch_row() + tasks_row() + health_row()),
-        "refresh": "30s",
-        "schemaVersion": SCHEMA_VERSION,
-        "tags": ["forgejo", "forgejo-scheduler", "ci"],
-        "templating": templating(),
-        "time": {"from": "now-6h", "to": "now"},
-        "timepicker": {},
-        "timezone": "",
-        "title": "Forgejo scheduler",
-        "uid": UID,
-        "version": 1,
-        "weekStart": "",
-    }
+def as_dict() -> dict[str, Any]:
+    """The dashboard as plain JSON data, with panel ids assigned in layout order."""
+    data: dict[str, Any] = json.loads(json.dumps(build().build(), cls=JSONEncoder))
+    for pid, panel in enumerate(data["panels"], start=1):
+        panel["id"] = pid
+    return data
 
 
 def render() -> str:
-    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(as_dict(), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

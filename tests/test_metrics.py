@@ -313,7 +313,7 @@ def test_dashboard_filters_per_connection_series_by_the_connection_variable() ->
 
 def test_dashboard_shape_datasource_variable_and_schema() -> None:
     doc = dashboard()
-    assert doc["schemaVersion"] == 39
+    assert doc["schemaVersion"] == 41  # grafana-foundation-sdk 11.6: Grafana 11.6 or later
     assert doc["uid"] == "forgejo-scheduler"
     variables = {v["name"]: v for v in doc["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
@@ -326,7 +326,7 @@ def test_dashboard_shape_datasource_variable_and_schema() -> None:
             assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
             assert all(t["datasource"]["uid"] == "${datasource}" for t in p["targets"])
     rows = [p["title"] for p in doc["panels"] if p["type"] == "row"]
-    assert rows == ["Capacity", "Fetch", "Tasks", "Health"]
+    assert rows == ["Capacity and fairness", "Fetch", "Tasks", "Health"]
     ids = [p["id"] for p in all_panels(doc)]
     assert len(ids) == len(set(ids))
     for e in exprs(doc):
