@@ -74,6 +74,28 @@ async def test_write_runner_config(tmp_path: Path) -> None:
         assert (await Rpc(sim, client).fetch())["tasksVersion"] == "1"
 
 
+async def test_write_runner_config_for_a_container(tmp_path: Path) -> None:
+    """What examples/compose.sim.yaml uses: the sim listens on 0.0.0.0 in its container
+    and the runner, in another container, reaches it by service name."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["--advertise", "forgejo:3000", "--metrics-listen", "0.0.0.0:9464",
+         "--shutdown-timeout", "30s"]
+    )  # fmt: skip
+    assert args.advertise == ("forgejo", 3000)
+    async with running("a") as sim:
+        path = sim.write_runner_config(
+            tmp_path / "config.toml", capacity=2, state_dir=tmp_path / "state",
+            shutdown_timeout=args.shutdown_timeout, metrics_listen=args.metrics_listen,
+            advertise="forgejo:3000",
+        )  # fmt: skip
+    config = tomllib.loads(path.read_text())
+    assert config["connections"]["a"]["url"] == "http://forgejo:3000/a"
+    assert config["metrics"] == {"listen": "0.0.0.0:9464"}
+    assert config["runner"]["shutdown_timeout"] == "30s"
+
+
 def test_write_runner_config_needs_a_running_simulator(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         Simulator(["a"]).write_runner_config(tmp_path / "c.toml", capacity=1, state_dir=tmp_path)

@@ -34,6 +34,13 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _address(listen: tuple[str, int] | None) -> str | None:
+    if listen is None:
+        return None
+    host, port = listen
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if not NAME_RE.match(n)]
@@ -78,6 +85,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cfg.add_argument("--capacity", type=int, default=4)
     cfg.add_argument("--state-dir", type=Path, default=None, help="default: next to the config")
     cfg.add_argument("--fetch-interval", default="1s")
+    cfg.add_argument("--shutdown-timeout", default=None, help="default: the runner's (10m)")
+    cfg.add_argument(
+        "--metrics-listen", default="127.0.0.1:0", metavar="HOST:PORT",
+        help="the runner's [metrics] listen (default 127.0.0.1:0)",
+    )  # fmt: skip
+    cfg.add_argument(
+        "--advertise", type=_listen, default=None, metavar="HOST:PORT",
+        help="address the runner reaches the simulator at, written into the URLs instead "
+        "of --listen's (e.g. a container's service name when listening on 0.0.0.0)",
+    )  # fmt: skip
     parser.add_argument("--summary-interval", type=float, default=5.0, metavar="SECONDS")
 
 
@@ -124,6 +141,9 @@ async def _main(args: argparse.Namespace) -> None:
                     capacity=args.capacity,
                     state_dir=state_dir,
                     fetch_interval=args.fetch_interval,
+                    shutdown_timeout=args.shutdown_timeout,
+                    metrics_listen=args.metrics_listen,
+                    advertise=_address(args.advertise),
                 )
                 print(f"runner config written to {path}", flush=True)
 

@@ -238,12 +238,17 @@ class Simulator:
         shutdown_timeout: Duration | None = None,
         labels: Iterable[str] = ("sim:host",),
         connections: Mapping[str, Mapping[str, TomlValue | Duration]] | None = None,
+        metrics_listen: str = "127.0.0.1:0",
+        advertise: str | None = None,
     ) -> Path:
         """Write a TOML config for our runner pointing at every instance; returns its path.
 
         Each connection's token goes to a 0600 file next to the config
         (``<config stem>.<instance>.token``). ``connections`` adds per-connection keys
         (``weight``, ``min_slots``, ``max_slots``, ``fetch_interval``, ...).
+        ``advertise`` ("host:port") replaces the listening address in the URLs, for a
+        runner that reaches the simulator under another name (a container's service name,
+        when the simulator listens on 0.0.0.0).
         """
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -258,15 +263,16 @@ class Simulator:
         ):
             if value is not None:
                 lines.append(f"{key} = {_toml(duration_text(value))}")
-        lines += ["", "[metrics]", 'listen = "127.0.0.1:0"']
+        lines += ["", "[metrics]", f"listen = {_toml(metrics_listen)}"]
         extra = connections or {}
         for name, inst in self.instances.items():
+            url = self.base_url(name) if advertise is None else f"http://{advertise}/{name}"
             token_file = target.parent / f"{target.stem}.{name}.token"
             _write_secret(token_file, inst.runner.token)
             lines += [
                 "",
                 f"[connections.{name}]",
-                f"url = {_toml(self.base_url(name))}",
+                f"url = {_toml(url)}",
                 f"uuid = {_toml(inst.runner.uuid)}",
                 f"token_file = {_toml(str(token_file))}",
                 f"labels = {_toml(label_list)}",
