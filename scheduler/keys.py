@@ -26,6 +26,8 @@ from pathlib import Path
 
 import attrs
 
+from scheduler.atomicfile import ensure_private_dir, write_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -63,7 +65,7 @@ class KeyStore:
 
     def load(self) -> ConnectionState:
         """Read the file; a missing file is an empty state, a corrupt one is set aside."""
-        _ensure_private_dir(self.dir)
+        ensure_private_dir(self.dir)
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -99,29 +101,9 @@ class KeyStore:
     def _write(self, state: ConnectionState) -> None:
         if state == self._state and self.path.exists():
             return
-        _ensure_private_dir(self.dir)
-        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        data = json.dumps(_encode(state), sort_keys=True).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        ensure_private_dir(self.dir)
+        write_atomic(self.path, json.dumps(_encode(state), sort_keys=True).encode())
         self._state = state
-
-
-def _ensure_private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for p in (path, path.parent):
-        if p.stat().st_mode & 0o077:
-            os.chmod(p, 0o700)
 
 
 def _encode(state: ConnectionState) -> dict[str, object]:
