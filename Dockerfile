@@ -1,86 +1,117 @@
-# forgejo-scheduler container image.
+# forgejo-scheduler container image. Full guide: docs/container.md
 #
-# NOT BUILT on the development machine: it runs no Docker engine (a client only, no
-# daemon). The layout follows the recipe that was built and run with podman in
-# shared/reference/python-stack.md §7.2 (tini as PID 1, SIGTERM drained in <1 s,
-# healthy HEALTHCHECK, uid 10001). Build it before relying on it:
+# Build (scripts/build-image.sh picks docker or podman and passes the flags below):
 #
 #     docker build -t forgejo-scheduler .
-#     # no registry access? build from a local base (see python-stack.md §7.3):
-#     docker build --build-arg BASE=localhost/base -t forgejo-scheduler .
+#     scripts/build-image.sh --tag forgejo-scheduler:dev
 #
-# Run it with the config mounted read-only and a volume for the state:
+# Build args:
+#   BASE     any Debian-like image with python3 >= 3.11 and its venv module
+#            (default python:3.11-slim-bookworm). tini is installed if missing.
+#            Without access to Docker Hub: scripts/make-local-base.sh builds one
+#            with debootstrap, then --build-arg BASE=localhost/forgejo-scheduler-base.
+#   VERSION  only a label (org.opencontainers.image.version).
 #
-#     docker run -d --name forgejo-scheduler \
-#       -v /srv/forgejo-scheduler/config.toml:/etc/forgejo-scheduler/config.toml:ro \
-#       -v forgejo-scheduler-state:/var/lib/forgejo-scheduler \
-#       -e FORGEJO_TOKEN_CODEBERG=... -p 127.0.0.1:9464:9464 forgejo-scheduler
+# Where the Python packages come from: the wheel of this project is always built
+# here, in the `build` stage, from the source in the build context, and installed
+# as a wheel into /opt/venv. Its dependencies (and the hatchling build backend)
+# come from
+#   * the package index, when docker/wheels/ holds no wheels (the normal case);
+#   * docker/wheels/ alone (pip --no-index), when it holds wheels: for builds that
+#     cannot reach the index, e.g. behind a TLS-intercepting proxy the build does
+#     not trust. `scripts/build-image.sh --offline` fills that directory on the
+#     host (pip download), builds, and empties it again.
 #
-# In that config.toml:
-#   [runner]  state_dir = "/var/lib/forgejo-scheduler"  (the default "state" would sit
-#             next to the config in /etc, which this user cannot write)
-#   [metrics] listen = "0.0.0.0:9464"  (the default 127.0.0.1 is the container's own
-#             loopback: Prometheus could not scrape it and `-p` could not publish it;
-#             the HEALTHCHECK below still reaches 0.0.0.0 through 127.0.0.1)
+# Image layout (fixed; examples/ and deploy/ rely on it):
+#   user       uid 1000, gid 1000 (forgejo-scheduler), no root at run time
+#   /data      state_dir: a VOLUME owned by 1000:1000 (pending request keys, task
+#              work directories). A bind mount must be writable by uid 1000.
+#   /etc/forgejo-scheduler/config.toml
+#              config; the image ships docker/config.toml there (state_dir "/data",
+#              metrics on 0.0.0.0:9464, one placeholder connection): mount yours.
+#   9464       /metrics, /healthz, /readyz
+#   PID 1      tini (exec-form ENTRYPOINT): SIGTERM reaches the service, which
+#              drains (no new tasks, running ones finish within shutdown_timeout)
+#              and exits 0; tini also reaps orphans that jobs leave behind.
 #
-# Jobs with `<label>:host` labels run inside this container as uid 10001: derive an
-# image (FROM forgejo-scheduler, install git and whatever the jobs need) for real use.
+# Jobs with `<label>:host` labels run inside this container as uid 1000 with only
+# what BASE has (bash, coreutils, python3): derive an image (FROM forgejo-scheduler,
+# install git, node and whatever the jobs need) for real use.
 
-# Any Debian-like image with python3 (>= 3.11) and python3-venv works; tini is
-# installed if it is missing.
 ARG BASE=python:3.11-slim-bookworm
 
-# --- build: install the project from its own source into /opt/venv -------------------
+# --- build: the project's wheel, and a venv with it installed --------------------------
 FROM ${BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# Host-provided wheels for offline builds; usually only the README (see above).
+COPY docker/wheels/ /src/wheels/
 # Only what the wheel needs (see .dockerignore), so that editing tests or docs does
-# not invalidate this layer.
+# not invalidate these layers.
 COPY pyproject.toml README.md ./
 COPY scheduler/ scheduler/
-RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install . \
- && /opt/venv/bin/forgejo-scheduler --help >/dev/null
+# /tmp/tools: a throwaway pip (the base may have none outside a venv). pip and
+# setuptools are removed from /opt/venv: not needed at run time.
+RUN set -eu; \
+    python3 -m venv /tmp/tools; \
+    if ls /src/wheels/*.whl >/dev/null 2>&1; then \
+        echo "wheels: offline, from docker/wheels/ only"; \
+        export PIP_NO_INDEX=1 PIP_FIND_LINKS=/src/wheels; \
+    else \
+        echo "wheels: from the package index"; \
+    fi; \
+    /tmp/tools/bin/pip wheel --wheel-dir /wheels .; \
+    ls /wheels; \
+    python3 -m venv /opt/venv; \
+    /opt/venv/bin/pip install --no-index --find-links /wheels /wheels/forgejo_scheduler-*.whl; \
+    /opt/venv/bin/pip uninstall --yes pip setuptools 2>/dev/null || true; \
+    /opt/venv/bin/forgejo-scheduler --version
 
-# --- runtime -------------------------------------------------------------------------
+# --- runtime ---------------------------------------------------------------------------
 FROM ${BASE}
+ARG VERSION=""
+LABEL org.opencontainers.image.title="forgejo-scheduler" \
+      org.opencontainers.image.description="A Forgejo Actions runner service: many connections, one fair pool of slots" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.version="${VERSION}"
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 
-# tini as PID 1: forwards SIGTERM to the service and reaps the orphaned grandchildren
-# that job processes leave behind (Python as PID 1 would do the first, not the second).
 RUN set -eux; \
     if ! command -v tini >/dev/null 2>&1; then \
         apt-get update; \
         apt-get install -y --no-install-recommends tini; \
         rm -rf /var/lib/apt/lists/*; \
     fi; \
-    groupadd --system --gid 10001 forgejo-scheduler; \
-    useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/forgejo-scheduler \
-        --no-create-home --shell /usr/sbin/nologin forgejo-scheduler; \
-    install -d -o 10001 -g 10001 -m 0750 /var/lib/forgejo-scheduler; \
+    groupadd --gid 1000 forgejo-scheduler; \
+    useradd --uid 1000 --gid 1000 --home-dir /data --no-create-home --no-log-init \
+        --shell /usr/sbin/nologin forgejo-scheduler; \
+    install -d -o 1000 -g 1000 -m 0700 /data; \
     install -d -m 0755 /etc/forgejo-scheduler
 
-# Same BASE in both stages, so the venv's interpreter path is valid here too.
+# Same BASE in both stages, so the venv's interpreter symlink is valid here too.
 COPY --from=build /opt/venv /opt/venv
+COPY docker/config.toml /etc/forgejo-scheduler/config.toml
 
-USER 10001:10001
-WORKDIR /var/lib/forgejo-scheduler
-# Declared after the chown above: a fresh named volume starts owned by uid 10001.
-VOLUME ["/var/lib/forgejo-scheduler"]
+USER 1000:1000
+WORKDIR /data
+# Declared after the chown above: a fresh named volume starts owned by uid 1000.
+VOLUME ["/data"]
 
-# /metrics, /healthz, /readyz. Needs `[metrics] listen = "0.0.0.0:9464"` (see top).
 EXPOSE 9464
 STOPSIGNAL SIGTERM
-# Liveness only (/healthz): an unreachable Forgejo shows in connection_up, it must
-# not mark the container unhealthy. Python, because slim images have no curl.
+# Liveness only (/healthz): an unreachable Forgejo shows in connection_up, it must not
+# mark the container unhealthy. Python, because slim images have no curl. Needs the
+# metrics endpoint on 0.0.0.0:9464 or 127.0.0.1:9464. (podman keeps HEALTHCHECK only
+# in the docker image format: build-image.sh passes --format docker.)
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
-  CMD ["python3", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=3).status == 200 else 1)"]
+  CMD ["python3", "-c", "import sys, urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:9464/healthz', timeout=3).status == 200 else 1)"]
 
 # Exec form: tini is PID 1 and signals reach the service (a shell-form entrypoint
-# swallowed SIGTERM in the podman test: killed after the timeout, exit 137).
+# swallows SIGTERM: the engine kills it after its stop timeout, exit 137).
 ENTRYPOINT ["tini", "--", "forgejo-scheduler"]
 CMD ["run", "--config", "/etc/forgejo-scheduler/config.toml"]
