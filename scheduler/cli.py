@@ -1,4 +1,4 @@
-"""``forgejo-scheduler``: run, demo, sim, check-config."""
+"""``forgejo-scheduler``: run, demo, sim, check-config, register, import-config."""
 
 from __future__ import annotations
 
@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     from scheduler.sim import cli as sim_cli
 
     sim_cli.add_arguments(sim)
+
+    reg = sub.add_parser("register", help="register a new runner on a Forgejo and add it "
+                         "to the config as [connections.NAME]")
+    from scheduler.onboard import register as register_mod
+
+    register_mod.add_arguments(reg)
     return parser
 
 
@@ -71,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         setup_logging(args.log_level)
         return sim_cli.run(args)
+    if args.command == "register":
+        from scheduler.onboard import register as register_mod
+
+        return register_mod.run(args)
     raise AssertionError(args.command)
 
 

@@ -1,0 +1,74 @@
+"""Secret files: reading a registration token, writing a runner token.
+
+A runner token goes to ``<state_dir>/tokens/<connection>.token`` (directory 0700, file
+0600, written atomically) and the config refers to it with ``token_file``. Nothing
+here puts a secret into a message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from scheduler.atomicfile import ensure_private_dir, write_atomic
+from scheduler.config import MAX_TOKEN_FILE_BYTES
+from scheduler.onboard import OnboardError
+
+
+def token_path(state_dir: Path, connection: str) -> Path:
+    return state_dir / "tokens" / f"{connection}.token"
+
+
+def write_token(path: Path, token: str) -> None:
+    """Write ``token`` to ``path`` as 0600 in a 0700 directory (created if missing)."""
+    try:
+        ensure_private_dir(path.parent)
+        write_atomic(path, (token + "\n").encode("utf-8"), mode=0o600)
+    except OSError as exc:
+        raise OnboardError(f"cannot write token file {path}: {exc.strerror or exc}") from None
+
+
+def reference(config_path: Path, target: Path) -> str:
+    """How the config at ``config_path`` should name ``target``: relative to the
+    config's directory when inside it (the file and its state move together),
+    else absolute."""
+    base = Path(os.path.abspath(config_path)).parent
+    target = Path(os.path.abspath(target))
+    try:
+        return str(target.relative_to(base))
+    except ValueError:
+        return str(target)
+
+
+def read_secret(source: str, what: str) -> str:
+    """The single token in file ``source`` (``-``: standard input). ``what`` names it in
+    errors ("registration token file")."""
+    where = "standard input" if source == "-" else source
+    try:
+        if source == "-":
+            data = sys.stdin.buffer.read(MAX_TOKEN_FILE_BYTES + 1)
+        else:
+            with open(source, "rb") as fh:
+                data = fh.read(MAX_TOKEN_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise OnboardError(f"{what} {where} does not exist") from None
+    except IsADirectoryError:
+        raise OnboardError(f"{what} {where} is a directory") from None
+    except PermissionError:
+        raise OnboardError(f"{what} {where} is not readable (permission denied)") from None
+    except OSError as exc:
+        raise OnboardError(f"cannot read {what} {where}: {exc.strerror or exc}") from None
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        raise OnboardError(f"{what} {where} is larger than {MAX_TOKEN_FILE_BYTES} bytes; "
+                           "expected a single token")
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise OnboardError(f"{what} {where} is not UTF-8 text") from None
+    if not token:
+        raise OnboardError(f"{what} {where} is empty")
+    if any(c.isspace() or not c.isprintable() for c in token):
+        raise OnboardError(f"{what} {where} holds more than one word or control characters "
+                           "(content not shown); expected a single token")
+    return token
