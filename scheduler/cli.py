@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     from scheduler.onboard import register as register_mod
 
     register_mod.add_arguments(reg)
+
+    imp = sub.add_parser("import-config", help="convert a forgejo-runner config.yml and/or "
+                         ".runner file into a config.toml")
+    from scheduler.onboard import import_config as import_mod
+
+    import_mod.add_arguments(imp)
     return parser
 
 
@@ -81,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from scheduler.onboard import register as register_mod
 
         return register_mod.run(args)
+    if args.command == "import-config":
+        from scheduler.onboard import import_config as import_mod
+
+        return import_mod.run(args)
     raise AssertionError(args.command)
 
 

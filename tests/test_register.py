@@ -87,9 +87,9 @@ async def test_new_config_then_the_service_fetches_as_the_new_runner(tmp_path: P
         assert loaded.runner.capacity == 1 and loaded.runner.state_dir == config.parent / "state"
         job = sim.instances["a"].add_job(runs_on=("sim",), duration=0.1)
         async with running(config, client_factory=plain_http_client):
-            await wait_for(lambda: sim.instances["a"].jobs[job].task_id is not None
-                           and sim.instances["a"].tasks[sim.instances["a"].jobs[job].task_id]
-                           .done, within=30)
+            inst = sim.instances["a"]
+            await wait_for(lambda: (t := inst.task_for_job(job)) is not None and t.done,
+                           within=30)
         task = sim.instances["a"].task_for_job(job)
         assert task is not None and task.runner_uuid == done.uuid
         assert sim.instances["a"].rpc_counts.get("Declare", 0) >= 1
