@@ -53,41 +53,12 @@ while (($#)); do
 done
 
 # --- engine ----------------------------------------------------------------------------
-if [[ -z $engine ]]; then
-    if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-        engine=docker
-    elif command -v podman >/dev/null; then
-        engine=podman
-    elif command -v docker >/dev/null; then
-        die "docker is installed but its daemon does not answer (docker info failed), and podman is not installed"
-    else
-        die "neither docker nor podman is installed"
-    fi
-fi
-case "$engine" in
-    docker|podman) command -v "$engine" >/dev/null || die "$engine is not installed" ;;
-    *) die "--engine must be docker or podman, not '$engine'" ;;
-esac
-
-engine_cmd=("$engine")
-build_flags=()
-if [[ $engine == podman ]]; then
-    # podman drops HEALTHCHECK from images in the OCI format.
-    build_flags+=(--format docker)
-    runtime=${PODMAN_RUNTIME:-}
-    if [[ -z $runtime ]] && command -v runc >/dev/null; then
-        runtime=runc
-    fi
-    if [[ -n $runtime && $runtime != default ]]; then
-        # crun fails on hosts with cgroups in hybrid mode; runc with cgroupfs works.
-        engine_cmd+=(--runtime "$runtime" --cgroup-manager cgroupfs)
-    fi
-    # Without CAP_SYS_RESOURCE the default container rlimits cannot be set: ask for
-    # what this shell may grant (nofile up to its hard limit, nproc capped).
-    nofile=$(ulimit -Hn)
-    [[ $nofile == unlimited || $nofile -gt 1048576 ]] && nofile=1048576
-    build_flags+=(--ulimit "nofile=$nofile:$nofile" --ulimit nproc=4096:4096)
-fi
+# shellcheck source=scripts/image-engine.sh
+. "$repo/scripts/image-engine.sh"
+engine_select "$engine" || die "no usable container engine"
+# podman drops HEALTHCHECK from images in the OCI format.
+build_flags=("${ENGINE_RLIMITS[@]}")
+if [[ $ENGINE == podman ]]; then build_flags+=(--format docker); fi
 
 # --- wheels for --offline --------------------------------------------------------------
 wheels="$repo/docker/wheels"
@@ -138,8 +109,8 @@ args=(build "${build_flags[@]}" --tag "$tag" --build-arg "VERSION=$version")
 [[ -n $base ]] && args+=(--build-arg "BASE=$base")
 args+=(--file "$repo/Dockerfile" "${extra[@]}" "$repo")
 
-echo "+ ${engine_cmd[*]} ${args[*]}"
-"${engine_cmd[@]}" "${args[@]}" || die "$engine build failed"
+echo "+ ${ENGINE_CMD[*]} ${args[*]}"
+"${ENGINE_CMD[@]}" "${args[@]}" || die "$ENGINE build failed"
 
-size=$("$engine" image inspect --format '{{.Size}}' "$tag")
-echo "built $tag with $engine (version ${version:-?}, $((size / 1000000)) MB)"
+size=$("$ENGINE" image inspect --format '{{.Size}}' "$tag")
+echo "built $tag with $ENGINE (version ${version:-?}, $((size / 1000000)) MB)"

@@ -42,15 +42,10 @@ done
 [[ $(id -u) == 0 ]] || die "debootstrap needs root"
 command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install debootstrap)"
 
-if [[ -z $engine ]]; then
-    if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-        engine=docker
-    elif command -v podman >/dev/null; then
-        engine=podman
-    else
-        die "neither a running docker daemon nor podman found"
-    fi
-fi
+# shellcheck source=scripts/image-engine.sh
+. "$(dirname "${BASH_SOURCE[0]}")/image-engine.sh"
+engine_select "$engine" || die "no usable container engine"
+engine=$ENGINE
 
 if [[ -z $mirror ]]; then
     # deb822 sources ("URIs: ...") or one-line sources ("deb URL suite ...").
