@@ -20,6 +20,7 @@ from scheduler.onboard.forgejo_runner import go_duration
 from scheduler.onboard.import_config import import_config
 from tests.conftest import plain_http_client, running, wait_for
 from tests.daemon import CLI, ROOT
+from tests.test_register import no_metrics
 from tests.test_sim_support import running as sim_running
 
 DATA = ROOT / "tests" / "data" / "forgejo-runner"
@@ -213,6 +214,7 @@ async def test_imported_runner_file_fetches_from_the_simulator(tmp_path: Path) -
         out = tmp_path / "config.toml"
         import_config(None, runner_file, out)
         job = inst.add_job(runs_on=("sim",), duration=0.1)
+        no_metrics(out)
         async with running(out, client_factory=plain_http_client):
             await wait_for(lambda: (t := inst.task_for_job(job)) is not None and t.done,
                            within=30)

@@ -26,6 +26,12 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def no_metrics(config: Path) -> None:
+    """No metrics server: the default port 9464 may be taken on a test machine."""
+    with config.open("a") as fh:
+        fh.write('\n[metrics]\nlisten = ""\n')
+
+
 def temp_files(root: Path) -> list[Path]:
     return list(root.glob("**/.*.tmp"))
 
@@ -86,6 +92,7 @@ async def test_new_config_then_the_service_fetches_as_the_new_runner(tmp_path: P
         assert [c.name for c in loaded.connections] == ["sim"]
         assert loaded.runner.capacity == 1 and loaded.runner.state_dir == config.parent / "state"
         job = sim.instances["a"].add_job(runs_on=("sim",), duration=0.1)
+        no_metrics(config)
         async with running(config, client_factory=plain_http_client):
             inst = sim.instances["a"]
             await wait_for(lambda: (t := inst.task_for_job(job)) is not None and t.done,
