@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build the image and check it against the built-in Forgejo simulator:
 #   1. build (scripts/build-image.sh) and report the image size;
-#   2. run it with a simulator on the host (--network host): tasks complete, the
-#      service runs as uid 1000, /data (a fresh named volume) gets the state files;
+#   2. run it against the simulator: tasks complete, the service runs as uid 1000,
+#      /data (a fresh named volume) gets the state files;
 #   3. the HEALTHCHECK reports healthy;
 #   4. `stop` (SIGTERM) while tasks run: they drain, exit code 0, and how long it took.
 # Prints a transcript and a summary; exits non-zero if a check fails. Not part of the
@@ -10,9 +10,14 @@
 #
 #     scripts/check-image.sh --local-base --offline | tee docs/container-check.txt
 #
-# Needs: docker or podman, this checkout's .venv (for the simulator and, with
-# --offline, pip download), port 9464 free on the host. The check binds the
-# service's metrics to 0.0.0.0:9464 of the host's network for its duration.
+# The simulator runs from the same image (`forgejo-scheduler sim`) in a container
+# with a private network namespace and no network (--network none); the service's
+# container joins that namespace (--network container:SIM), so the two talk over
+# their shared loopback. No host port is used (metrics are read with `exec`), no
+# bridge or NAT rule is created, nothing leaves the machine.
+#
+# Needs: docker or podman, python3 on the host, root (the token files are given to
+# uid 1000); with --offline, the Python whose pip downloads the wheels.
 set -euo pipefail
 
 usage() {
@@ -26,8 +31,8 @@ usage: scripts/check-image.sh [options]
   --offline         pass --offline to build-image.sh (wheels downloaded on the host)
   --no-build        check the existing image --tag
   --engine ENGINE   docker or podman (default: as build-image.sh chooses)
-  --python PATH     Python with this project installed, for the simulator
-                    (default: .venv/bin/python of this checkout)
+  --python PATH     for --offline: the Python whose pip downloads the wheels
+                    (default: as build-image.sh chooses)
   --jobs N          jobs per simulated instance (2 instances, 1 job/s each, 1-3 s
                     long; default 20). The stop comes after N have finished, right
                     after a task started, so that the drain has work to wait for
@@ -44,7 +49,7 @@ local_base=0
 offline=0
 build=1
 engine=""
-python=$repo/.venv/bin/python
+python=""
 jobs=20
 while (($#)); do
     case "$1" in
@@ -61,8 +66,7 @@ while (($#)); do
     esac
 done
 [[ $jobs =~ ^[1-9][0-9]*$ ]] || die "--jobs must be a positive integer"
-"$python" -c 'import scheduler' 2>/dev/null \
-    || die "no forgejo-scheduler in '$python' (pass --python, or create .venv: pip install -e .)"
+command -v python3 >/dev/null || die "python3 is not installed on this host"
 
 # shellcheck source=scripts/image-engine.sh
 . "$repo/scripts/image-engine.sh"
@@ -71,15 +75,12 @@ E=("${ENGINE_CMD[@]}")
 
 work=$(mktemp -d /tmp/forgejo-scheduler-check.XXXXXX)
 ctr=fs-check-$$
+sim=fs-check-sim-$$
 vol=fs-check-data-$$
-sim_pid=""
 cleanup() {
     local rc=$?
-    if [[ -n $sim_pid ]] && kill -0 "$sim_pid" 2>/dev/null; then
-        kill -TERM "$sim_pid" 2>/dev/null || true
-        wait "$sim_pid" 2>/dev/null || true
-    fi
-    "${E[@]}" rm -f "$ctr" >/dev/null 2>&1 || true
+    "${E[@]}" rm -f -v "$ctr" >/dev/null 2>&1 || true
+    "${E[@]}" rm -f -v "$sim" >/dev/null 2>&1 || true
     "${E[@]}" volume rm -f "$vol" >/dev/null 2>&1 || true
     if ((rc == 0)); then rm -rf "$work"; else echo "check-image.sh: logs kept in $work" >&2; fi
 }
@@ -92,21 +93,14 @@ section() { printf '\n== %s\n' "$*"; }
 show() { printf '$ %s\n' "$*"; }
 now() { date +%s.%N; }
 since() { awk -v a="$(now)" -v b="$1" 'BEGIN { printf "%.2f", a - b }'; }  # seconds since $1
-metric_sum() {  # metric_sum NAME [LABEL-FILTER]: the sum of a metric's samples, or 0
-    "$python" - "$@" <<'EOF'
-import sys, urllib.request
-name, flt = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""
-try:
-    text = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=3).read().decode()
-except OSError:
-    print(0); sys.exit()
-total = 0.0
-for line in text.splitlines():
-    if line.startswith(name + "{") or line.startswith(name + " "):
-        if flt in line:
-            total += float(line.rsplit(" ", 1)[1])
-print(int(total) if total.is_integer() else total)
-EOF
+scrape() {  # /metrics of the service, read from inside its container
+    "${E[@]}" exec "$ctr" python3 -c 'import urllib.request as u
+print(u.urlopen("http://127.0.0.1:9464/metrics", timeout=3).read().decode())' 2>/dev/null
+}
+metric_sum() {  # metric_sum NAME: the sum of a metric's samples (0 if unreadable)
+    { scrape || true; } | awk -v n="$1" '
+        index($0, n "{") == 1 || index($0, n " ") == 1 { t += $NF }
+        END { printf "%d\n", t }'
 }
 
 failures=()
@@ -133,6 +127,7 @@ fi
 if ((build)); then
     section "1. build"
     bargs=(--tag "$tag" --engine "$ENGINE")
+    if [[ -n $python ]]; then bargs+=(--python "$python"); fi
     if [[ -n $base ]]; then bargs+=(--base "$base"); fi
     if ((offline)); then bargs+=(--offline); fi
     show "scripts/build-image.sh ${bargs[*]}"
@@ -161,43 +156,41 @@ healthcheck={{json .Config.Healthcheck.Test}}' "$tag"
 
 # --- 2. run against the simulator ------------------------------------------------------
 section "2. run against the simulator"
-"$python" - <<'EOF' || die "port 9464 is in use on this host; the check needs it (--network host)"
-import socket
-s = socket.socket()
-s.bind(("0.0.0.0", 9464))
-s.close()
-EOF
-sim_port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p "$work/gen" "$work/etc"
-sim_args=(sim --listen "127.0.0.1:$sim_port" --instances "a,b" --rate 1 --duration-range "1,3"
-          --max-jobs "$jobs" --write-config "$work/gen/config.toml")
-show "forgejo-scheduler ${sim_args[*]/$work/\$WORK}"
-"$python" -m scheduler "${sim_args[@]}" >"$work/sim.out" 2>"$work/sim.err" &
-sim_pid=$!
+chown 1000:1000 "$work/gen" 2>/dev/null \
+    || die "cannot chown to uid 1000 (run as root; rootless podman maps uids differently)"
+sim_args=(run -d --name "$sim" --network none "${ENGINE_RLIMITS[@]}" -v "$work/gen:/sim" "$tag"
+          sim --listen 127.0.0.1:8080 --instances "a,b" --rate 1 --duration-range "1,3"
+          --max-jobs "$jobs" --write-config /sim/config.toml)
+show "${E[*]} ${sim_args[*]/$work/\$WORK}"
+quiet "${E[@]}" "${sim_args[@]}" >/dev/null
 for _ in $(seq 100); do
-    grep -q '^runner config written' "$work/sim.out" 2>/dev/null && break
-    kill -0 "$sim_pid" 2>/dev/null || { cat "$work/sim.err" >&2; die "the simulator exited"; }
+    "$ENGINE" logs "$sim" 2>&1 | grep -q '^runner config written' && break
+    if [[ $("$ENGINE" inspect --format '{{.State.Running}}' "$sim") != true ]]; then
+        "$ENGINE" logs "$sim" | tail -20
+        die "the simulator exited"
+    fi
     sleep 0.1
 done
-grep -q '^runner config written' "$work/sim.out" || die "the simulator wrote no config"
+"$ENGINE" logs "$sim" 2>&1 | grep -q '^runner config written' || die "the simulator wrote no config"
+"$ENGINE" logs "$sim" 2>&1 | head -4
 
 # The generated config, adapted to the image: state on the /data volume, metrics on
 # 0.0.0.0:9464 (where the HEALTHCHECK looks), tokens as files in the mounted config
 # directory, readable by uid 1000 only.
 sed -e 's|^state_dir = .*|state_dir = "/data"|' \
     -e 's|^listen = .*|listen = "0.0.0.0:9464"|' \
-    -e 's|^token_file = ".*/config\.\([A-Za-z0-9_-]*\)\.token"|token_file = "/etc/forgejo-scheduler/\1.token"|' \
+    -e 's|^token_file = "/sim/config\.\([A-Za-z0-9_-]*\)\.token"|token_file = "/etc/forgejo-scheduler/\1.token"|' \
     -e 's|^\[runner\]$|[runner]\nshutdown_timeout = "30s"|' \
     "$work/gen/config.toml" >"$work/etc/config.toml"
 for name in a b; do
     install -m 0600 "$work/gen/config.$name.token" "$work/etc/$name.token"
 done
-chown 1000:1000 "$work"/etc/*.token 2>/dev/null \
-    || die "cannot chown the token files to uid 1000 (run as root, or rootless podman maps uids differently)"
+chown 1000:1000 "$work"/etc/*.token
 echo "config mounted at /etc/forgejo-scheduler/config.toml:"
 sed 's/^/    /' "$work/etc/config.toml"
 
-run_args=(run -d --name "$ctr" --network host "${ENGINE_RLIMITS[@]}"
+run_args=(run -d --name "$ctr" --network "container:$sim" "${ENGINE_RLIMITS[@]}"
           -v "$work/etc:/etc/forgejo-scheduler:ro" -v "$vol:/data" "$tag")
 show "${E[*]} ${run_args[*]/$work/\$WORK}"
 quiet "${E[@]}" "${run_args[@]}" >/dev/null
@@ -220,17 +213,18 @@ while :; do
 done
 echo "after $(since "$started") s: $finished tasks finished"
 
-show "curl -s http://127.0.0.1:9464/metrics | grep -E 'tasks_(finished_total|running)|connection_up'"
-"$python" -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:9464/metrics").read().decode())' \
-    | grep -E '^forgejo_scheduler_(tasks_finished_total|tasks_running|connection_up)\{'
+show "GET http://127.0.0.1:9464/metrics (from inside the container) | grep -E 'tasks_(finished_total|running)|connection_up'"
+scrape | grep -E '^forgejo_scheduler_(tasks_finished_total|tasks_running|connection_up)\{' \
+    | grep -v ' 0\.0$' || true
+echo "(samples that are 0 left out)"
 show "${E[*]} exec $ctr id"
 uid_line=$("${E[@]}" exec "$ctr" id)
 echo "$uid_line"
 if [[ $ENGINE == podman ]]; then top_args=(user pid args); else top_args=(-o "user,pid,args"); fi
 show "${E[*]} top $ctr ${top_args[*]}"
 "${E[@]}" top "$ctr" "${top_args[@]}" | head -6
-show "${E[*]} exec $ctr sh -c 'ls -ln /data /data/connections'"
-data_ls=$("${E[@]}" exec "$ctr" sh -c 'ls -ln /data /data/connections')
+show "${E[*]} exec $ctr sh -c 'ls -lnd /data; ls -ln /data /data/connections'"
+data_ls=$("${E[@]}" exec "$ctr" sh -c 'ls -lnd /data; ls -ln /data /data/connections')
 echo "$data_ls"
 
 # --- 3. health -------------------------------------------------------------------------
@@ -275,10 +269,9 @@ echo "    ... $(grep -c ': finished, ' "$work/container.log") lines 'task N on X
 sed -n '/shutting down/,$p' "$work/container.log"
 drained=$(sed -n '/shutting down/,$p' "$work/container.log" | grep -c ': finished, success' || true)
 
-kill -TERM "$sim_pid"
-wait "$sim_pid" || true
-sim_pid=""
-ledger=$("$python" - "$work/sim.out" <<'EOF'
+quiet "${E[@]}" stop -t 30 "$sim" >/dev/null
+"$ENGINE" logs "$sim" >"$work/sim.out" 2>/dev/null
+ledger=$(python3 - "$work/sim.out" <<'EOF'
 import json, sys
 text = open(sys.argv[1]).read()
 report = json.loads(text[text.index("\n{") + 1:])
