@@ -20,6 +20,9 @@ usage: scripts/build-image.sh [options] [-- extra build arguments]
                     cannot reach the package index. docker/wheels/ is emptied after.
   --python PATH     the Python whose pip downloads the wheels (default: .venv/bin/python
                     of this checkout if it exists, else python3)
+  --no-network      build without network (--network none): with --offline and a BASE
+                    that has tini. podman otherwise sets up its bridge for RUN steps
+                    (NAT rules, net.ipv4.ip_forward=1) and leaves them behind
   -h, --help        this text
 
 Environment:
@@ -37,6 +40,7 @@ tag=forgejo-scheduler:latest
 base=""
 engine=""
 offline=0
+network=1
 python=""
 extra=()
 while (($#)); do
@@ -46,6 +50,7 @@ while (($#)); do
         --engine) engine=${2:?--engine needs a value}; shift 2 ;;
         --offline) offline=1; shift ;;
         --python) python=${2:?--python needs a value}; shift 2 ;;
+        --no-network) network=0; shift ;;
         -h|--help) usage; exit 0 ;;
         --) shift; extra=("$@"); break ;;
         *) usage >&2; die "unknown argument: $1" ;;
@@ -59,6 +64,7 @@ engine_select "$engine" || die "no usable container engine"
 # podman drops HEALTHCHECK from images in the OCI format.
 build_flags=("${ENGINE_RLIMITS[@]}")
 if [[ $ENGINE == podman ]]; then build_flags+=(--format docker); fi
+if ((!network)); then build_flags+=(--network none); fi
 
 # --- wheels for --offline --------------------------------------------------------------
 wheels="$repo/docker/wheels"

@@ -28,6 +28,7 @@ usage: scripts/check-image.sh [options]
   --base IMAGE      BASE build arg (default: the Dockerfile's, python:3.11-slim-bookworm)
   --local-base      build the base with scripts/make-local-base.sh (debootstrap) if
                     localhost/forgejo-scheduler-base does not exist, and use it
+                    (with --offline the build then runs without network)
   --offline         pass --offline to build-image.sh (wheels downloaded on the host)
   --no-build        check the existing image --tag
   --engine ENGINE   docker or podman (default: as build-image.sh chooses)
@@ -130,6 +131,7 @@ if ((build)); then
     if [[ -n $python ]]; then bargs+=(--python "$python"); fi
     if [[ -n $base ]]; then bargs+=(--base "$base"); fi
     if ((offline)); then bargs+=(--offline); fi
+    if ((offline && local_base)); then bargs+=(--no-network); fi
     show "scripts/build-image.sh ${bargs[*]}"
     start=$(now)
     if ! "$repo/scripts/build-image.sh" "${bargs[@]}" >"$work/build.log" 2>&1; then
