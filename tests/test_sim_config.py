@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -174,6 +175,8 @@ async def test_cli_serves_until_sigint_and_prints_the_ledger(tmp_path: Path) -> 
         "2",
         "--summary-interval",
         "0.2",
+        "--registration-tokens",
+        str(tmp_path / "reg"),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await trio.lowlevel.open_process(
@@ -187,6 +190,37 @@ async def test_cli_serves_until_sigint_and_prints_the_ledger(tmp_path: Path) -> 
                 chunk = await proc.stdout.receive_some(65536)
                 assert chunk, out.decode()
                 out += chunk
+            # The registration token it wrote is the one its Register accepts.
+            url = re.search(rb"a: (http://127\.0\.0\.1:\d+\S*)", out)
+            assert url is not None, out.decode()
+            token_file = tmp_path / "reg" / "a.token"
+            assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+            reg = await trio.run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "scheduler",
+                    "register",
+                    "--config",
+                    str(tmp_path / "registered.toml"),
+                    "--connection",
+                    "a",
+                    "--url",
+                    url.group(1).decode(),
+                    "--token-file",
+                    str(token_file),
+                    "--labels",
+                    "sim:host",
+                ],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env=env,
+                cwd=ROOT,
+            )
+            assert reg.returncode == 0, reg.stderr.decode()
+            assert b"registered runner" in reg.stdout
+            assert token_file.read_bytes().strip() not in reg.stdout + reg.stderr
             proc.send_signal(signal.SIGINT)
             while chunk := await proc.stdout.receive_some(65536):
                 out += chunk

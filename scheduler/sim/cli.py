@@ -15,6 +15,7 @@ from pathlib import Path
 
 import trio
 
+from scheduler.atomicfile import ensure_private_dir, write_atomic
 from scheduler.sim.faults import FaultPlan
 from scheduler.sim.instance import NAME_RE, InstanceSpec
 from scheduler.sim.server import Simulator
@@ -95,6 +96,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="address the runner reaches the simulator at, written into the URLs instead "
         "of --listen's (e.g. a container's service name when listening on 0.0.0.0)",
     )  # fmt: skip
+    parser.add_argument(
+        "--registration-tokens",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write each instance's runner registration token to DIR/<instance>.token "
+        "(0600), to try `forgejo-scheduler register` against the simulator",
+    )
     parser.add_argument("--summary-interval", type=float, default=5.0, metavar="SECONDS")
 
 
@@ -124,6 +133,14 @@ def build_simulator(args: argparse.Namespace) -> Simulator:
     return Simulator(specs, seed=args.seed)
 
 
+def _write_registration_tokens(sim: Simulator, directory: Path) -> None:
+    ensure_private_dir(directory, parent_too=False)
+    for name, instance in sim.instances.items():
+        path = directory / f"{name}.token"
+        write_atomic(path, (instance.registration_token + "\n").encode())
+        print(f"  {name}: registration token in {path}", flush=True)
+
+
 async def _main(args: argparse.Namespace) -> None:
     sim = build_simulator(args)
     host, port = args.listen
@@ -146,6 +163,8 @@ async def _main(args: argparse.Namespace) -> None:
                     advertise=_address(args.advertise),
                 )
                 print(f"runner config written to {path}", flush=True)
+            if args.registration_tokens is not None:
+                _write_registration_tokens(sim, args.registration_tokens)
 
             async def summaries() -> None:
                 while True:
