@@ -69,6 +69,19 @@ def quantile(q: float, metric: str) -> str:
     return f"histogram_quantile({q}, sum by (connection, le) ({rate(metric + '_bucket')}))"
 
 
+def jain_30m() -> str:
+    """Jain's index over each connection's held ÷ fair share, both averaged over 30 min.
+
+    The same as the recording rule instance:forgejo_scheduler_fairness_jain_index:avg30m
+    (prometheus/rules/), written out so that the dashboard needs no rules loaded.
+    """
+    ratio = (
+        f"(avg_over_time({sel('slots_held')}[30m]) "
+        f"/ (avg_over_time({sel('fair_share_slots')}[30m]) > 0))"
+    )
+    return f"sum({ratio}) ^ 2 / (count({ratio}) * sum({ratio} ^ 2))"
+
+
 def query(expr: str, legend: str, ref: str) -> pb.Dataquery:
     return pb.Dataquery().expr(expr).legend_format(legend).range().ref_id(ref).datasource(DS)
 
@@ -199,10 +212,14 @@ def capacity_row() -> list[Panel]:
         red_above(
             graph(
                 "Jain fairness index",
-                "Jain's index over hungry connections, weighted by fair share: 1 is "
-                "perfectly fair, 1/n is one connection taking everything. The red line is "
-                "the ForgejoSchedulerUnfair alert's threshold.",
-                (f"min({P}fairness_jain_index)", "Jain index"),
+                "Jain's index of held ÷ fair share over the connections with demand: 1 is "
+                "perfectly fair, 1/n is one connection taking everything. 'now' is the "
+                "service's gauge: slots are whole, so with fewer slots than busy connections "
+                "it is low even when they take turns perfectly. '30m' averages held and "
+                "share per connection over 30 minutes first; the ForgejoSchedulerFairnessLow "
+                "alert uses it, at the red line.",
+                (f"min({P}fairness_jain_index)", "now"),
+                (jain_30m(), "30m"),
                 unit="none",
                 max_=1,
             ),
