@@ -31,7 +31,6 @@ from scheduler.config.parse import (
     _NAME_RE,
     _RUNNER_KEYS,
     MAX_CAPACITY,
-    MAX_TOKEN_FILE_BYTES,
     load_config,
     parse_config,
 )
@@ -46,7 +45,6 @@ from scheduler.config.values import (
 
 __all__ = [
     "MAX_CAPACITY",
-    "MAX_TOKEN_FILE_BYTES",
     "_CONNECTION_KEYS",
     "_METRICS_KEYS",
     "_NAME_RE",

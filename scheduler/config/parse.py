@@ -24,6 +24,7 @@ from scheduler.config.values import (
     RunnerSettings,
 )
 from scheduler.durations import describe_value, parse_duration
+from scheduler.secretfile import SecretFileError, read_secret_file
 
 _TOP_KEYS = ("runner", "metrics", "connections")
 _RUNNER_KEYS = (
@@ -64,7 +65,6 @@ _HOSTNAME_RE = re.compile(
 )
 
 #: A token file longer than this is not a token file.
-MAX_TOKEN_FILE_BYTES = 64 * 1024
 
 #: The largest ``runner.capacity``: far beyond what one host runs at once, small enough
 #: that granting slot by slot stays a matter of milliseconds.
@@ -438,7 +438,8 @@ class _Parser:
             kind = _path_kind(ca_file)
             if kind != "file":
                 what = {"missing": "does not exist", "directory": "is not a file"}.get(
-                    kind, f"is {kind}")
+                    kind, f"is {kind}"
+                )
                 self.fail(f"{prefix}.ca_file", f"expected a PEM file, but {ca_file} {what}")
         insecure = self.boolean(t, "insecure", f"{prefix}.insecure", default=False)
         if insecure and ca_file is not None:
@@ -544,28 +545,9 @@ class _Parser:
                 )
             path = self.path(raw)
             try:
-                # Bounded: a token is 40 characters; token_file = "/dev/zero" must not hang.
-                with open(path, "rb") as fh:
-                    data = fh.read(MAX_TOKEN_FILE_BYTES + 1)
-                if len(data) > MAX_TOKEN_FILE_BYTES:
-                    self.fail(dotted, f"token file {path} is larger than "
-                              f"{MAX_TOKEN_FILE_BYTES} bytes; expected a single token")
-                content = data.decode("utf-8")
-            except ValueError as exc:
-                if isinstance(exc, UnicodeDecodeError):
-                    self.fail(dotted, f"token file {path} is not UTF-8 text")
-                self.fail(dotted, f"token file path {raw!r} is not usable ({exc})")
-            except FileNotFoundError:
-                self.fail(dotted, f"token file {path} does not exist")
-            except IsADirectoryError:
-                self.fail(dotted, f"token file {path} is a directory")
-            except PermissionError:
-                self.fail(dotted, f"token file {path} is not readable (permission denied)")
-            except OSError as exc:
-                self.fail(dotted, f"cannot read token file {path}: {exc.strerror or 'error'}")
-            token = content.strip()
-            if not token:
-                self.fail(dotted, f"token file {path} is empty")
+                token = read_secret_file(path)
+            except SecretFileError as exc:
+                self.fail(dotted, f"token file {exc}")
             self.check_token_chars(dotted, token, f"token in file {path}")
             return token, f"file:{path}"
         if "token_env" in t:
@@ -601,7 +583,7 @@ class _Parser:
 
 
 def _path_kind(path: Path) -> str:
-    """"file", "directory", "missing", or what else it is (or why it cannot be looked at).
+    """ "file", "directory", "missing", or what else it is (or why it cannot be looked at).
 
     ``Path.exists`` lets some errors through (a name longer than NAME_MAX), so the
     checks of paths from the file go through here."""

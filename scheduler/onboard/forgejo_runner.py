@@ -24,10 +24,11 @@ from typing import Any
 import attrs
 import yaml
 
-from scheduler.config import _NAME_RE, MAX_TOKEN_FILE_BYTES
+from scheduler.config import _NAME_RE
 from scheduler.durations import format_duration
 from scheduler.executor.workflow import load_yaml
 from scheduler.onboard import OnboardError
+from scheduler.secretfile import SecretFileError, read_secret_file
 
 #: forgejo-runner enforces this minimum fetch interval for connections to Codeberg.
 CODEBERG_MIN_FETCH_INTERVAL = 30.0
@@ -48,8 +49,16 @@ _RUNNER_REASONS = {
     "timeout": "no per-job timeout in forgejo-scheduler (Forgejo's own job timeout applies)",
     "report_retry": "no setting: final log uploads are retried until acknowledged",
 }
-_RUNNER_MAPPED = ("file", "capacity", "shutdown_timeout", "insecure", "fetch_timeout",
-                  "fetch_interval", "report_interval", "labels")
+_RUNNER_MAPPED = (
+    "file",
+    "capacity",
+    "shutdown_timeout",
+    "insecure",
+    "fetch_timeout",
+    "fetch_interval",
+    "report_interval",
+    "labels",
+)
 _CONNECTION_KEYS = ("url", "uuid", "token", "token_url", "labels", "fetch_interval")
 
 
@@ -80,8 +89,16 @@ class Source:
 
 # --- Go durations ------------------------------------------------------------------------
 
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
-             "m": 60.0, "h": 3600.0}
+_GO_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
 _GO_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 
@@ -89,8 +106,10 @@ def go_duration(value: object, where: str) -> float:
     """Seconds from a Go ``time.ParseDuration`` string ("1h30m", "2.5s", "0"); yaml.v3
     refuses anything else for a ``time.Duration`` field, and so does this."""
     if not isinstance(value, str) or isinstance(value, bool):
-        raise OnboardError(f"{where}: expected a Go duration string like \"2s\" or \"1m30s\", "
-                           f"got {type(value).__name__} (forgejo-runner refuses it too)")
+        raise OnboardError(
+            f'{where}: expected a Go duration string like "2s" or "1m30s", '
+            f"got {type(value).__name__} (forgejo-runner refuses it too)"
+        )
     text = value.strip()
     sign = -1.0 if text.startswith("-") else 1.0
     body = text.lstrip("+-")
@@ -104,7 +123,7 @@ def go_duration(value: object, where: str) -> float:
         total += float(m.group(1)) * _GO_UNITS[m.group(2)]
         pos = m.end()
     if not body or pos != len(body):
-        raise OnboardError(f"{where}: {value!r} is not a Go duration (like \"2s\", \"1m30s\")")
+        raise OnboardError(f'{where}: {value!r} is not a Go duration (like "2s", "1m30s")')
     return sign * total
 
 
@@ -142,8 +161,9 @@ def _is_empty(value: object) -> bool:
     return value is None or value == "" or value == [] or value == {}
 
 
-def read_source(config_yml: Path | None, runner_file: Path | None,
-                connection_name: str | None = None) -> Source:
+def read_source(
+    config_yml: Path | None, runner_file: Path | None, connection_name: str | None = None
+) -> Source:
     """Everything forgejo-runner would run with, from ``config_yml`` and/or ``runner_file``.
 
     Without ``runner_file``, a config without ``server.connections`` takes its
@@ -158,7 +178,8 @@ def read_source(config_yml: Path | None, runner_file: Path | None,
 
     def drop(key: str, value: object, reason: str) -> None:
         (empty if _is_empty(value) else dropped).append(
-            key if _is_empty(value) else f"{key}: {reason}")
+            key if _is_empty(value) else f"{key}: {reason}"
+        )
 
     for section, value in data.items():
         if section in ("runner", "server"):
@@ -175,8 +196,11 @@ def read_source(config_yml: Path | None, runner_file: Path | None,
         raise OnboardError(f"{where}: runner: expected a mapping")
     for key, value in runner_yml.items():
         if key not in _RUNNER_MAPPED:
-            drop(f"runner.{key}", value,
-                 _RUNNER_REASONS.get(key, "unknown to forgejo-runner (it ignores it)"))
+            drop(
+                f"runner.{key}",
+                value,
+                _RUNNER_REASONS.get(key, "unknown to forgejo-runner (it ignores it)"),
+            )
     runner, insecure = _runner_settings(runner_yml, where, notes)
 
     server = data.get("server") or {}
@@ -199,7 +223,8 @@ def read_source(config_yml: Path | None, runner_file: Path | None,
         raise OnboardError(
             f"{where} declares server.connections and {runner_file} is a registration too; "
             "forgejo-runner refuses this combination (only one may provide connections): "
-            "leave out --runner-file or remove server.connections")
+            "leave out --runner-file or remove server.connections"
+        )
     if not connections:
         if runner_file is None:
             raw = runner_yml.get("file") or ".runner"
@@ -207,32 +232,45 @@ def read_source(config_yml: Path | None, runner_file: Path | None,
             if not runner_file.exists():
                 raise OnboardError(
                     f"{where}: no server.connections, and no registration file at "
-                    f"{runner_file} (runner.file); pass --runner-file PATH")
+                    f"{runner_file} (runner.file); pass --runner-file PATH"
+                )
         registration = _registration(runner_file, connection_name)
         files.append(runner_file)
         if runner.get("labels") and registration.labels:
-            notes.append(f"{runner_file}: its labels are replaced by runner.labels, as "
-                         "forgejo-runner does")
+            notes.append(
+                f"{runner_file}: its labels are replaced by runner.labels, as forgejo-runner does"
+            )
             registration = attrs.evolve(registration, labels=None)
         connections = [registration]
     elif connection_name is not None:
-        raise OnboardError("--connection names the connection of a .runner file; "
-                           f"{where} names its connections in server.connections")
+        raise OnboardError(
+            "--connection names the connection of a .runner file; "
+            f"{where} names its connections in server.connections"
+        )
 
     connections = _codeberg_minimum(connections, runner, notes)
     seen: dict[str, str] = {}
     for c in connections:
         if c.name.casefold() in seen:
-            raise OnboardError(f"{c.origin} and {seen[c.name.casefold()]} both become "
-                               f"connection {c.name!r}; rename one")
+            raise OnboardError(
+                f"{c.origin} and {seen[c.name.casefold()]} both become "
+                f"connection {c.name!r}; rename one"
+            )
         seen[c.name.casefold()] = c.origin
-    return Source(files=tuple(files), runner=runner, insecure=insecure,
-                  connections=tuple(connections), dropped=tuple(dropped),
-                  empty=tuple(empty), notes=tuple(notes))
+    return Source(
+        files=tuple(files),
+        runner=runner,
+        insecure=insecure,
+        connections=tuple(connections),
+        dropped=tuple(dropped),
+        empty=tuple(empty),
+        notes=tuple(notes),
+    )
 
 
-def _runner_settings(t: Mapping[str, Any], where: str, notes: list[str]
-                     ) -> tuple[dict[str, Any], bool]:
+def _runner_settings(
+    t: Mapping[str, Any], where: str, notes: list[str]
+) -> tuple[dict[str, Any], bool]:
     out: dict[str, Any] = {}
     capacity = t.get("capacity")
     if capacity is not None:
@@ -248,11 +286,15 @@ def _runner_settings(t: Mapping[str, Any], where: str, notes: list[str]
             if seconds > 0:
                 out[key] = _duration_text(seconds)
             else:  # forgejo-runner ignores 0 and negative values: its default applies
-                notes.append(f"runner.{key} {t[key]!r} is ignored by forgejo-runner: left "
-                             "at forgejo-scheduler's default")
+                notes.append(
+                    f"runner.{key} {t[key]!r} is ignored by forgejo-runner: left "
+                    "at forgejo-scheduler's default"
+                )
     if _is_empty(t.get("shutdown_timeout")):
-        notes.append("runner.shutdown_timeout is not set, which in forgejo-runner cancels "
-                     'jobs at once on shutdown; forgejo-scheduler waits "10m" by default')
+        notes.append(
+            "runner.shutdown_timeout is not set, which in forgejo-runner cancels "
+            'jobs at once on shutdown; forgejo-scheduler waits "10m" by default'
+        )
     else:
         seconds = go_duration(t["shutdown_timeout"], f"{where}: runner.shutdown_timeout")
         out["shutdown_timeout"] = _duration_text(max(seconds, 0.0))
@@ -267,8 +309,9 @@ def _runner_settings(t: Mapping[str, Any], where: str, notes: list[str]
     return out, insecure
 
 
-def _yaml_connection(name: str, t: object, where: str, base: Path,
-                     dropped: list[str]) -> SourceConnection:
+def _yaml_connection(
+    name: str, t: object, where: str, base: Path, dropped: list[str]
+) -> SourceConnection:
     prefix = f"server.connections.{name}"
     if not isinstance(t, dict):
         raise OnboardError(f"{where}: {prefix}: expected a mapping (url, uuid, token...)")
@@ -288,20 +331,29 @@ def _yaml_connection(name: str, t: object, where: str, base: Path,
     if has_token == has_url:
         raise OnboardError(f"{where}: {prefix}: expected exactly one of token and token_url")
     token = text("token") if has_token else None
-    token_file = _token_url_path(text("token_url"), f"{where}: {prefix}.token_url", base) \
-        if has_url else None
+    token_file = (
+        _token_url_path(text("token_url"), f"{where}: {prefix}.token_url", base)
+        if has_url
+        else None
+    )
     labels = t.get("labels")
     if not _is_empty(labels) and (
-            not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
+        not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)
+    ):
         raise OnboardError(f"{where}: {prefix}.labels: expected a list of strings")
     interval = None
     if not _is_empty(t.get("fetch_interval")):
         interval = go_duration(t["fetch_interval"], f"{where}: {prefix}.fetch_interval")
         interval = interval if interval > 0 else None
     return SourceConnection(
-        name=_our_name(name, prefix, where), origin=prefix, url=text("url"), uuid=text("uuid"),
-        token=token, token_file=token_file,
-        labels=tuple(labels) if labels else None, fetch_interval=interval,
+        name=_our_name(name, prefix, where),
+        origin=prefix,
+        url=text("url"),
+        uuid=text("uuid"),
+        token=token,
+        token_file=token_file,
+        labels=tuple(labels) if labels else None,
+        fetch_interval=interval,
     )
 
 
@@ -317,7 +369,8 @@ def _token_url_path(url: str, where: str, base: Path) -> Path:
                 f"{where}: uses $CREDENTIALS_DIRECTORY (systemd credentials), which is not "
                 "set here and which token_file does not expand; run with "
                 "CREDENTIALS_DIRECTORY=<the unit's credentials directory> or point token_url "
-                "at the file itself")
+                "at the file itself"
+            )
         url = url.replace("$CREDENTIALS_DIRECTORY", creds, 1)
     parts = urllib.parse.urlsplit(url)
     raw = urllib.parse.unquote(parts.path)
@@ -331,25 +384,22 @@ def _our_name(name: str, origin: str, where: str) -> str:
         return name
     fixed = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).lstrip("_.-")[:64]
     if not fixed:
-        raise OnboardError(f"{where}: {origin}: the name cannot be made a connection name "
-                           "(letters, digits, '_', '.', '-')")
+        raise OnboardError(
+            f"{where}: {origin}: the name cannot be made a connection name "
+            "(letters, digits, '_', '.', '-')"
+        )
     return fixed
 
 
 def _registration(path: Path, connection_name: str | None) -> SourceConnection:
     """forgejo-runner's ``.runner`` JSON (``config.Registration``)."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_TOKEN_FILE_BYTES + 1)
-        data = json.loads(raw)
-    except FileNotFoundError:
-        raise OnboardError(f"{path}: registration file not found") from None
-    except OSError as exc:
-        raise OnboardError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        data = json.loads(read_secret_file(path))
+    except SecretFileError as exc:
+        raise OnboardError(f"registration file {exc}") from None
     except ValueError as exc:  # the message may quote the file: keep only where
         at = f" (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
-        raise OnboardError(f"{path}: not a forgejo-runner .runner file: invalid JSON{at}") \
-            from None
+        raise OnboardError(f"{path}: not a forgejo-runner .runner file: invalid JSON{at}") from None
     if not isinstance(data, dict):
         raise OnboardError(f"{path}: not a forgejo-runner .runner file (expected a JSON object)")
 
@@ -370,13 +420,18 @@ def _registration(path: Path, connection_name: str | None) -> SourceConnection:
         host = urllib.parse.urlsplit(address).hostname or ""
         name = str(raw_name or host)
     return SourceConnection(
-        name=_our_name(name, "the runner name", str(path)), origin=str(path), url=address,
-        uuid=text("uuid"), token=text("token"), labels=tuple(labels) or None,
+        name=_our_name(name, "the runner name", str(path)),
+        origin=str(path),
+        url=address,
+        uuid=text("uuid"),
+        token=text("token"),
+        labels=tuple(labels) or None,
     )
 
 
-def _codeberg_minimum(conns: list[SourceConnection], runner: Mapping[str, Any],
-                      notes: list[str]) -> list[SourceConnection]:
+def _codeberg_minimum(
+    conns: list[SourceConnection], runner: Mapping[str, Any], notes: list[str]
+) -> list[SourceConnection]:
     default = 2.0
     if "fetch_interval" in runner:
         default = go_duration(runner["fetch_interval"], "runner.fetch_interval")  # ours ⊂ Go's
@@ -384,10 +439,14 @@ def _codeberg_minimum(conns: list[SourceConnection], runner: Mapping[str, Any],
     for c in conns:
         host = (urllib.parse.urlsplit(c.url).hostname or "").lower()
         interval = c.fetch_interval if c.fetch_interval is not None else default
-        if host.endswith("codeberg.org") and interval < CODEBERG_MIN_FETCH_INTERVAL \
-                and not math.isclose(interval, CODEBERG_MIN_FETCH_INTERVAL):
-            notes.append(f"{c.origin}: fetch_interval raised to 30s for Codeberg, as "
-                         "forgejo-runner does")
+        if (
+            host.endswith("codeberg.org")
+            and interval < CODEBERG_MIN_FETCH_INTERVAL
+            and not math.isclose(interval, CODEBERG_MIN_FETCH_INTERVAL)
+        ):
+            notes.append(
+                f"{c.origin}: fetch_interval raised to 30s for Codeberg, as forgejo-runner does"
+            )
             c = attrs.evolve(c, fetch_interval=CODEBERG_MIN_FETCH_INTERVAL)
         out.append(c)
     return out

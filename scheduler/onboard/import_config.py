@@ -38,15 +38,22 @@ class Imported:
     carried: tuple[str, ...]  # "runner.capacity", "connections.x.url"...
 
 
-def import_config(config_yml: Path | None, runner_file: Path | None, output: Path, *,
-                  force: bool = False, connection: str | None = None) -> Imported:
+def import_config(
+    config_yml: Path | None,
+    runner_file: Path | None,
+    output: Path,
+    *,
+    force: bool = False,
+    connection: str | None = None,
+) -> Imported:
     if config_yml is None and runner_file is None:
         raise OnboardError("nothing to import: give a config.yml and/or --runner-file")
     source = read_source(config_yml, runner_file, connection)
     cf = tf.read_config(output)
     if cf.exists and not force:
-        raise OnboardError(f"{output} exists; pass --force to replace it (or choose another "
-                           "--output)")
+        raise OnboardError(
+            f"{output} exists; pass --force to replace it (or choose another --output)"
+        )
 
     doc, carried = _document(source)
     state_dir = cf.path.parent / "state"
@@ -62,16 +69,18 @@ def import_config(config_yml: Path | None, runner_file: Path | None, output: Pat
     try:
         tf.validate(data, cf.path)
     except ConfigError as exc:
-        raise OnboardError(f"the imported configuration is not valid: {exc} (nothing was "
-                           "written)") from None
+        raise OnboardError(
+            f"the imported configuration is not valid: {exc} (nothing was written)"
+        ) from None
 
     created = [p for p in tokens.values() if not p.exists()]
     try:
         for conn in source.connections:
             if conn.token:
                 write_token(tokens[conn.name], conn.token)
-                tf.set_connection(doc, conn.name,
-                                  {"token_file": reference(cf.path, tokens[conn.name])})
+                tf.set_connection(
+                    doc, conn.name, {"token_file": reference(cf.path, tokens[conn.name])}
+                )
         text = tf.render(doc)
         tf.validate_text(text, cf.path)
         tf.write_config(cf, text)
@@ -79,16 +88,20 @@ def import_config(config_yml: Path | None, runner_file: Path | None, output: Pat
         for path in created:
             path.unlink(missing_ok=True)
         raise OnboardError(f"{exc} (the output was not written)") from None
-    return Imported(output=cf.path, source=source, token_files=tuple(tokens.values()),
-                    carried=tuple(carried))
+    return Imported(
+        output=cf.path, source=source, token_files=tuple(tokens.values()), carried=tuple(carried)
+    )
 
 
 def _document(source: Source) -> tuple[tomlkit.TOMLDocument, list[str]]:
     carried: list[str] = []
     doc = tomlkit.document()
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    doc.add(tomlkit.comment(f"Imported from forgejo-runner by forgejo-scheduler import-config "
-                            f"on {when}:"))
+    doc.add(
+        tomlkit.comment(
+            f"Imported from forgejo-runner by forgejo-scheduler import-config on {when}:"
+        )
+    )
     for path in source.files:
         doc.add(tomlkit.comment(f"  {path.resolve()}"))
     doc.add(tomlkit.comment("Reference: docs/configuration.md; mapping: docs/onboarding.md."))
@@ -100,8 +113,13 @@ def _document(source: Source) -> tuple[tomlkit.TOMLDocument, list[str]]:
 
     runner = tomlkit.table()
     runner["capacity"] = source.runner.get("capacity", 1)  # forgejo-runner's default too
-    for key in ("capacity", "fetch_interval", "fetch_timeout", "report_interval",
-                "shutdown_timeout"):
+    for key in (
+        "capacity",
+        "fetch_interval",
+        "fetch_timeout",
+        "report_interval",
+        "shutdown_timeout",
+    ):
         if key in source.runner:
             runner[key] = source.runner[key]
             carried.append(f"runner.{key}")
@@ -141,24 +159,40 @@ def _document(source: Source) -> tuple[tomlkit.TOMLDocument, list[str]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config_yml", nargs="?", type=Path, metavar="config.yml",
-                        help="forgejo-runner's config file (with or without "
-                        "server.connections)")
-    parser.add_argument("--runner-file", type=Path, metavar=".runner",
-                        help="forgejo-runner's registration file (default: runner.file of "
-                        "config.yml, next to it, when it has no server.connections)")
-    parser.add_argument("--output", "-o", type=Path, default=Path("config.toml"),
-                        help="the config.toml to write (default: ./config.toml)")
-    parser.add_argument("--connection", help="connection name for a .runner registration "
-                        "(default: its runner name)")
-    parser.add_argument("--force", action="store_true",
-                        help="replace an existing output and token files")
+    parser.add_argument(
+        "config_yml",
+        nargs="?",
+        type=Path,
+        metavar="config.yml",
+        help="forgejo-runner's config file (with or without server.connections)",
+    )
+    parser.add_argument(
+        "--runner-file",
+        type=Path,
+        metavar=".runner",
+        help="forgejo-runner's registration file (default: runner.file of "
+        "config.yml, next to it, when it has no server.connections)",
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        default=Path("config.toml"),
+        help="the config.toml to write (default: ./config.toml)",
+    )
+    parser.add_argument(
+        "--connection", help="connection name for a .runner registration (default: its runner name)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace an existing output and token files"
+    )
 
 
 def run(ns: argparse.Namespace) -> int:
     try:
-        done = import_config(ns.config_yml, ns.runner_file, ns.output, force=ns.force,
-                             connection=ns.connection)
+        done = import_config(
+            ns.config_yml, ns.runner_file, ns.output, force=ns.force, connection=ns.connection
+        )
     except OnboardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

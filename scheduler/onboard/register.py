@@ -96,13 +96,16 @@ class _Plan:
     replaced: str | None
 
 
-async def register(args: RegisterArgs, client_factory: ClientFactory = default_client,
-                   ) -> Registered:
+async def register(
+    args: RegisterArgs,
+    client_factory: ClientFactory = default_client,
+) -> Registered:
     plan = _prepare(args)
     runner_name = args.name or socket.gethostname()
     label_names = tuple(label.split(":", 1)[0] for label in plan.settings.labels)
-    runner = await _register_rpc(args, client_factory, runner_name, plan.registration_token,
-                                 label_names)
+    runner = await _register_rpc(
+        args, client_factory, runner_name, plan.registration_token, label_names
+    )
     return _finish(plan, runner, runner_name)
 
 
@@ -110,7 +113,8 @@ def _prepare(args: RegisterArgs) -> _Plan:
     if not _NAME_RE.fullmatch(args.connection):
         raise OnboardError(
             f"--connection {args.connection!r}: expected 1-64 letters, digits, '_', '.', '-', "
-            "starting with a letter or digit (it names files and a metrics label)")
+            "starting with a letter or digit (it names files and a metrics label)"
+        )
     registration_token = read_secret(args.token_file, "registration token file")
     cf = tf.read_config(args.config)
     existing = tf.connection_table(cf.doc, args.connection)
@@ -122,10 +126,12 @@ def _prepare(args: RegisterArgs) -> _Plan:
             raise OnboardError(
                 f"{args.config}: connections.{args.connection} already exists "
                 f"(url {old_url}, uuid {replaced}"
-                + ("" if same else f", not {args.url}") + "); registering again creates a "
+                + ("" if same else f", not {args.url}")
+                + "); registering again creates a "
                 "new runner in Forgejo and leaves the old one behind. Pass --force to "
                 "replace it (then delete the old runner in Forgejo), or choose another "
-                "--connection name")
+                "--connection name"
+            )
 
     values: dict[str, Any] = {"url": args.url}
     if args.labels is not None:
@@ -157,22 +163,27 @@ def _prepare(args: RegisterArgs) -> _Plan:
 
 def _finish(plan: _Plan, runner: m.Runner, runner_name: str) -> Registered:
     args, cf, token_file = plan.args, plan.cf, plan.token_file
-    unfinished = (f"the runner was registered in Forgejo (uuid {runner.uuid}, id {runner.id}) "
-                  "but")
+    unfinished = f"the runner was registered in Forgejo (uuid {runner.uuid}, id {runner.id}) but"
     try:
         write_token(token_file, runner.token)
     except OnboardError as exc:
         raise OnboardError(f"{unfinished} {exc}; delete it in Forgejo and retry") from None
     if not cf.exists:
         _new_config_skeleton(cf)
-    values = {**plan.values, "uuid": runner.uuid,
-              "token_file": reference(cf.path, token_file)}
-    values = {k: values[k] for k in ("url", "uuid", "token_file", "labels", "ca_file",
-                                     "insecure") if k in values}
+    values = {**plan.values, "uuid": runner.uuid, "token_file": reference(cf.path, token_file)}
+    values = {
+        k: values[k]
+        for k in ("url", "uuid", "token_file", "labels", "ca_file", "insecure")
+        if k in values
+    }
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    tf.set_connection(cf.doc, args.connection, values,
-                      header=f"Registered by forgejo-scheduler register on {when} "
-                      f"(runner {runner.name or runner_name!r}, id {runner.id}).")
+    tf.set_connection(
+        cf.doc,
+        args.connection,
+        values,
+        header=f"Registered by forgejo-scheduler register on {when} "
+        f"(runner {runner.name or runner_name!r}, id {runner.id}).",
+    )
     text = tf.render(cf.doc)
     try:
         tf.validate_text(text, cf.path)
@@ -181,17 +192,29 @@ def _finish(plan: _Plan, runner: m.Runner, runner_name: str) -> Registered:
         raise OnboardError(
             f"{unfinished} the config was left unchanged: {exc}. The token is in "
             f"{token_file}; add [connections.{args.connection}] with uuid = "
-            f'"{runner.uuid}" and token_file = "{token_file}" by hand') from None
+            f'"{runner.uuid}" and token_file = "{token_file}" by hand'
+        ) from None
     return Registered(
-        connection=args.connection, url=plan.settings.url, runner_id=runner.id,
-        uuid=runner.uuid, runner_name=runner.name or runner_name,
-        labels=plan.settings.labels, token_file=token_file, config=cf.path,
-        created_config=not cf.exists, replaced=plan.replaced,
+        connection=args.connection,
+        url=plan.settings.url,
+        runner_id=runner.id,
+        uuid=runner.uuid,
+        runner_name=runner.name or runner_name,
+        labels=plan.settings.labels,
+        token_file=token_file,
+        config=cf.path,
+        created_config=not cf.exists,
+        replaced=plan.replaced,
     )
 
 
-async def _register_rpc(args: RegisterArgs, client_factory: ClientFactory, name: str,
-                        registration_token: str, label_names: tuple[str, ...]) -> m.Runner:
+async def _register_rpc(
+    args: RegisterArgs,
+    client_factory: ClientFactory,
+    name: str,
+    registration_token: str,
+    label_names: tuple[str, ...],
+) -> m.Runner:
     where = f"{args.url}: Register"
 
     def hide(text: str) -> str:  # a server could quote what it was sent
@@ -202,20 +225,26 @@ async def _register_rpc(args: RegisterArgs, client_factory: ClientFactory, name:
             runner = await client.register(name, registration_token, __version__, label_names)
     except ConnectError as exc:
         if exc.code == "unimplemented":
-            why = ("no runner API at this URL (HTTP 404): is it the Forgejo root URL, and "
-                   "are Actions enabled there?")
-        elif exc.code in ("invalid_argument", "unauthenticated", "permission_denied",
-                          "not_found"):
-            why = (f"the server refused the registration token from {args.token_file} "
-                   f"({hide(str(exc))}); create a new one in Forgejo's runner settings")
+            why = (
+                "no runner API at this URL (HTTP 404): is it the Forgejo root URL, and "
+                "are Actions enabled there?"
+            )
+        elif exc.code in ("invalid_argument", "unauthenticated", "permission_denied", "not_found"):
+            why = (
+                f"the server refused the registration token from {args.token_file} "
+                f"({hide(str(exc))}); create a new one in Forgejo's runner settings"
+            )
         else:
-            why = (f"the server failed ({hide(str(exc))}); a runner may or may not have been "
-                   "created: check Forgejo's runner list before retrying")
+            why = (
+                f"the server failed ({hide(str(exc))}); a runner may or may not have been "
+                "created: check Forgejo's runner list before retrying"
+            )
         raise OnboardError(f"{where}: {why}") from None
     except RpcError as exc:
         raise OnboardError(
             f"{where}: no usable answer ({hide(str(exc))}); if the request reached the server "
-            "a runner may have been created: check Forgejo's runner list") from None
+            "a runner may have been created: check Forgejo's runner list"
+        ) from None
     if not runner.uuid or not runner.token:
         raise OnboardError(f"{where}: the answer has no runner uuid or token")
     if any(c.isspace() or not c.isprintable() for c in runner.token):
@@ -228,10 +257,15 @@ def _new_config_skeleton(cf: tf.ConfigFile) -> None:
     import tomlkit
 
     doc = cf.doc
-    doc.add(tomlkit.comment("forgejo-scheduler configuration, created by "
-                            "`forgejo-scheduler register`."))
-    doc.add(tomlkit.comment("Reference: docs/configuration.md. Check it with: "
-                            "forgejo-scheduler check-config --config <this file>"))
+    doc.add(
+        tomlkit.comment("forgejo-scheduler configuration, created by `forgejo-scheduler register`.")
+    )
+    doc.add(
+        tomlkit.comment(
+            "Reference: docs/configuration.md. Check it with: "
+            "forgejo-scheduler check-config --config <this file>"
+        )
+    )
     runner = tomlkit.table()
     runner.add(tomlkit.comment("How many tasks run at once, across all connections."))
     runner["capacity"] = 1
@@ -244,23 +278,42 @@ def _new_config_skeleton(cf: tf.ConfigFile) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", type=Path, default=Path("config.toml"),
-                        help="config file to add the connection to (created if missing)")
-    parser.add_argument("--connection", required=True,
-                        help="name of the [connections.NAME] table to add")
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("config.toml"),
+        help="config file to add the connection to (created if missing)",
+    )
+    parser.add_argument(
+        "--connection", required=True, help="name of the [connections.NAME] table to add"
+    )
     parser.add_argument("--url", required=True, help="the Forgejo instance's root URL")
-    parser.add_argument("--token-file", required=True, metavar="REGISTRATION_TOKEN_FILE",
-                        help="file holding the registration token from Forgejo's runner "
-                        "settings ('-' reads standard input); never a command-line value")
-    parser.add_argument("--labels", action="append", metavar="LABEL[,LABEL...]",
-                        help="this connection's labels, e.g. debian:host (default: "
-                        "runner.labels of the config)")
+    parser.add_argument(
+        "--token-file",
+        required=True,
+        metavar="REGISTRATION_TOKEN_FILE",
+        help="file holding the registration token from Forgejo's runner "
+        "settings ('-' reads standard input); never a command-line value",
+    )
+    parser.add_argument(
+        "--labels",
+        action="append",
+        metavar="LABEL[,LABEL...]",
+        help="this connection's labels, e.g. debian:host (default: runner.labels of the config)",
+    )
     parser.add_argument("--name", help="runner name shown in Forgejo (default: host name)")
-    parser.add_argument("--force", action="store_true",
-                        help="replace an existing [connections.NAME] with a new registration")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing [connections.NAME] with a new registration",
+    )
     parser.add_argument("--ca-file", type=Path, help="PEM CA bundle to verify the server with")
-    parser.add_argument("--insecure", action="store_true",
-                        help="do not verify the server's TLS certificate (dangerous)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not verify the server's TLS certificate (dangerous)",
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds for the request")
 
 
@@ -274,22 +327,33 @@ def split_labels(values: Sequence[str] | None) -> tuple[str, ...] | None:
 
 def run(ns: argparse.Namespace) -> int:
     args = RegisterArgs(
-        config=ns.config, connection=ns.connection, url=ns.url, token_file=ns.token_file,
-        labels=split_labels(ns.labels), name=ns.name, force=ns.force, ca_file=ns.ca_file,
-        insecure=ns.insecure, timeout=ns.timeout,
+        config=ns.config,
+        connection=ns.connection,
+        url=ns.url,
+        token_file=ns.token_file,
+        labels=split_labels(ns.labels),
+        name=ns.name,
+        force=ns.force,
+        ca_file=ns.ca_file,
+        insecure=ns.insecure,
+        timeout=ns.timeout,
     )
     try:
         done = trio.run(register, args)
     except OnboardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"registered runner {done.runner_name!r} (id {done.runner_id}, uuid {done.uuid}) "
-          f"on {done.url}")
+    print(
+        f"registered runner {done.runner_name!r} (id {done.runner_id}, uuid {done.uuid}) "
+        f"on {done.url}"
+    )
     if done.replaced:
         print(f"replaced the registration {done.replaced}: delete that runner in Forgejo")
     print(f"runner token: {done.token_file} (mode 0600)")
     verb = "created" if done.created_config else "updated"
-    print(f"config {verb}: {done.config} [connections.{done.connection}], "
-          f"labels {', '.join(done.labels)}")
+    print(
+        f"config {verb}: {done.config} [connections.{done.connection}], "
+        f"labels {', '.join(done.labels)}"
+    )
     print(f"check it with: forgejo-scheduler check-config --config {done.config}")
     return 0

@@ -8,12 +8,11 @@ here puts a secret into a message.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from scheduler.atomicfile import ensure_private_dir, write_atomic
-from scheduler.config import MAX_TOKEN_FILE_BYTES
 from scheduler.onboard import OnboardError
+from scheduler.secretfile import SecretFileError, read_secret_file
 
 
 def token_path(state_dir: Path, connection: str) -> Path:
@@ -46,29 +45,12 @@ def read_secret(source: str, what: str) -> str:
     errors ("registration token file")."""
     where = "standard input" if source == "-" else source
     try:
-        if source == "-":
-            data = sys.stdin.buffer.read(MAX_TOKEN_FILE_BYTES + 1)
-        else:
-            with open(source, "rb") as fh:
-                data = fh.read(MAX_TOKEN_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise OnboardError(f"{what} {where} does not exist") from None
-    except IsADirectoryError:
-        raise OnboardError(f"{what} {where} is a directory") from None
-    except PermissionError:
-        raise OnboardError(f"{what} {where} is not readable (permission denied)") from None
-    except OSError as exc:
-        raise OnboardError(f"cannot read {what} {where}: {exc.strerror or exc}") from None
-    if len(data) > MAX_TOKEN_FILE_BYTES:
-        raise OnboardError(f"{what} {where} is larger than {MAX_TOKEN_FILE_BYTES} bytes; "
-                           "expected a single token")
-    try:
-        token = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise OnboardError(f"{what} {where} is not UTF-8 text") from None
-    if not token:
-        raise OnboardError(f"{what} {where} is empty")
+        token = read_secret_file(source)
+    except SecretFileError as exc:
+        raise OnboardError(f"{what} {exc}") from None
     if any(c.isspace() or not c.isprintable() for c in token):
-        raise OnboardError(f"{what} {where} holds more than one word or control characters "
-                           "(content not shown); expected a single token")
+        raise OnboardError(
+            f"{what} {where} holds more than one word or control characters "
+            "(content not shown); expected a single token"
+        )
     return token

@@ -81,8 +81,9 @@ def connection_table(doc: TOMLDocument, name: str) -> Mapping[str, Any] | None:
     return table if isinstance(table, Mapping) else None
 
 
-def set_connection(doc: TOMLDocument, name: str, values: Mapping[str, Any],
-                   *, header: str | None = None) -> None:
+def set_connection(
+    doc: TOMLDocument, name: str, values: Mapping[str, Any], *, header: str | None = None
+) -> None:
     """Create ``[connections.<name>]`` at the end of the connections, or update it in
     place. ``values`` replaces those keys (a ``token_file`` takes the place of a
     ``token_env``/``token`` line, so the comments around it stay meaningful); every other
