@@ -565,6 +565,33 @@ async def test_shutdown_cancels_and_reports(autojump_clock: trio.testing.MockClo
         check_final_order(env)
 
 
+async def test_shutdown_while_forgejo_does_not_answer(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The job is done, its final report keeps failing, the shutdown cancels it, the
+    shielded shutdown report runs into its deadline too: run_task re-raises the
+    Cancelled (seen with podman-compose, which stopped the simulator with the runner;
+    it raised UnboundLocalError and the service exited 1)."""
+
+    async def job(task: Task, rep: TaskReporter) -> Result:
+        await trio.sleep(1)
+        return Result.SUCCESS
+
+    async with simulated() as env:
+        task, sim_task = await env.task()
+        env.wire.faults["UpdateLog"] = ["refuse"] * 10_000
+        env.wire.faults["UpdateTask"] = ["refuse"] * 10_000
+        start = trio.current_time()
+        with trio.move_on_after(10) as shutdown:
+            await run(env, task, job)
+        assert shutdown.cancelled_caught  # the Cancelled, nothing else
+        # 10 s of drain, then at most SHUTDOWN_REPORT_TIMEOUT (30 s) for the last report.
+        assert trio.current_time() - start <= 10 + 30 + 1
+        assert sim_task.result is not SimResult.SUCCESS  # the job succeeded; no report got through
+        unacknowledged = f"task {task.id} on a: the final result (success) was not acknowledged"
+        assert unacknowledged in caplog.text
+
+
 async def test_outputs_are_sent_until_acknowledged(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

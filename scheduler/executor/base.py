@@ -111,12 +111,16 @@ async def run_task(
             "task %d on %s: internal error while reporting: %s",
             task.id, connection, reporter.masker.mask(_describe(exc)),
         )
+        reported = False  # if the deadline ends the report first
         with trio.CancelScope(deadline=trio.current_time() + shutdown_report_timeout):
             result = reporter.close(Result.FAILURE, f"internal error of the runner: {exc!r}")
             reported = await reporter.send_final()
     except BaseException:
         # Cancelled from outside (shutdown after its shutdown_timeout) or interrupted.
         # The executor has killed the job by now (cancellation went through it).
+        # The shutdown can also arrive during the final report of a finished job, and
+        # the deadline can end this report too (a Forgejo that does not answer).
+        reported = False
         with trio.CancelScope(shield=True, deadline=trio.current_time() + shutdown_report_timeout):
             result = reporter.close(Result.CANCELLED, SHUTDOWN_LINE)
             reported = await reporter.send_final()
