@@ -428,7 +428,9 @@ def test_probes_and_ports_match_the_metrics_listen(
 
 
 def test_grace_period_outlasts_the_drain(pod: dict[str, Any], k8s_config: Config) -> None:
-    assert pod["terminationGracePeriodSeconds"] > k8s_config.runner.shutdown_timeout
+    assert outwaits_the_drain(
+        pod["terminationGracePeriodSeconds"], k8s_config.runner.shutdown_timeout
+    )
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
