@@ -175,7 +175,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 "$ENGINE" logs "$sim" 2>&1 | grep -q '^runner config written' || die "the simulator wrote no config"
-"$ENGINE" logs "$sim" 2>&1 | head -4
+"$ENGINE" logs "$sim" 2>&1 | sed -n 1,4p  # reads to the end: head would SIGPIPE the engine (pipefail)
 
 # The generated config, adapted to the image: state on the /data volume, metrics on
 # 0.0.0.0:9464 (where the HEALTHCHECK looks), tokens as files in the mounted config
@@ -224,7 +224,7 @@ uid_line=$("${E[@]}" exec "$ctr" id)
 echo "$uid_line"
 if [[ $ENGINE == podman ]]; then top_args=(user pid args); else top_args=(-o "user,pid,args"); fi
 show "${E[*]} top $ctr ${top_args[*]}"
-"${E[@]}" top "$ctr" "${top_args[@]}" | head -6
+"${E[@]}" top "$ctr" "${top_args[@]}" | sed -n 1,6p
 show "${E[*]} exec $ctr sh -c 'ls -lnd /data; ls -ln /data /data/connections'"
 data_ls=$("${E[@]}" exec "$ctr" sh -c 'ls -lnd /data; ls -ln /data /data/connections')
 echo "$data_ls"
