@@ -124,8 +124,7 @@ class ConnectionLoop:
             log.info(
                 "connection %s: retrying the request key left by the last run "
                 "(task capacity %d) before anything else",
-                self.name,
-                self.pending.task_capacity,
+                self.name, self.pending.task_capacity,
             )
         await self._declare_until_up()
         while True:
@@ -151,8 +150,7 @@ class ConnectionLoop:
                 log.error(
                     "connection %s: shutting down with an unresolved request key; "
                     "it stays in %s and the next start retries it",
-                    self.name,
-                    self.store.path,
+                    self.name, self.store.path,
                 )
                 break
             wait = await self._fetch_once(tasks)
@@ -198,9 +196,7 @@ class ConnectionLoop:
         if reused:
             log.info(
                 "connection %s: request key resolved after %d attempts: %d task(s)",
-                self.name,
-                self.attempts,
-                n,
+                self.name, self.attempts, n,
             )
         self._mark_up(True, "")
         self.doubt = None
@@ -254,9 +250,7 @@ class ConnectionLoop:
             log.warning(
                 "connection %s: FetchTask outcome unknown (%s); keeping request key and "
                 "%d reserved slot(s), retrying",
-                self.name,
-                exc,
-                self.pending.task_capacity,
+                self.name, exc, self.pending.task_capacity,
             )
         self.last_error = str(exc)
         self.phase = Phase.UNRESOLVED
@@ -287,11 +281,8 @@ class ConnectionLoop:
         attempt, refused = 0, first_wait
         while not self.stopping.is_set():
             if attempt or first_wait:
-                base, cap = (
-                    (DOWN_BACKOFF_BASE, DOWN_BACKOFF_CAP)
-                    if refused
-                    else (BACKOFF_BASE, BACKOFF_CAP)
-                )
+                base, cap = (DOWN_BACKOFF_BASE, DOWN_BACKOFF_CAP) if refused else (
+                    BACKOFF_BASE, BACKOFF_CAP)
                 await self._sleep(max(1.0, backoff(attempt, self.rng, base=base, cap=cap)))
                 if self.stopping.is_set():
                     return
@@ -300,9 +291,8 @@ class ConnectionLoop:
                 runner = await self.client.declare(__version__, self.label_names)
             except ConnectError as exc:
                 if exc.code == "unimplemented":
-                    log.info(
-                        "connection %s: server has no Declare (old Forgejo); skipping", self.name
-                    )
+                    log.info("connection %s: server has no Declare (old Forgejo); skipping",
+                             self.name)
                     self._declared_ok()
                     return
                 refused = not exc.outcome_unknown
@@ -314,11 +304,8 @@ class ConnectionLoop:
                 continue
             if runner.ephemeral:
                 refused = True
-                self._mark_up(
-                    False,
-                    "the server says this runner is ephemeral; a daemon "
-                    "cannot serve an ephemeral registration",
-                )
+                self._mark_up(False, "the server says this runner is ephemeral; a daemon "
+                              "cannot serve an ephemeral registration")
                 continue
             self._declared_ok()
             return
@@ -362,11 +349,8 @@ class ConnectionLoop:
         running.inc()
         try:
             outcome = await run_task(
-                self.client,
-                task,
-                self.executor,
-                report_interval=self.runner.report_interval,
-                connection=self.name,
+                self.client, task, self.executor,
+                report_interval=self.runner.report_interval, connection=self.name,
             )
             result = outcome.result.name.lower() if outcome.result.is_final else "unknown"
             self.metrics.tasks_finished_total.labels(self.name, result).inc()
@@ -384,12 +368,8 @@ class ConnectionLoop:
             if result is Result.FAILURE:
                 self.metrics.tasks_finished_total.labels(self.name, "failure").inc()
             elif result is not None:
-                log.info(
-                    "connection %s: task %d had already ended (%s)",
-                    self.name,
-                    task_id,
-                    result.name.lower(),
-                )
+                log.info("connection %s: task %d had already ended (%s)",
+                         self.name, task_id, result.name.lower())
         finally:
             self.store.task_done(task_id)
             if holds_slot:

@@ -87,21 +87,14 @@ async def test_respond_then_drop_forgejo15_every_task_runs_exactly_once(
 async def test_forgejo14_ignores_the_key_and_the_simulator_counts_the_loss(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    specs = [
-        InstanceSpec(
-            "a", forgejo14=True, faults=FaultPlan(drop_after_assign=0.3), zombie_timeout=None
-        )
-    ]
+    specs = [InstanceSpec("a", forgejo14=True, faults=FaultPlan(drop_after_assign=0.3),
+                          zombie_timeout=None)]
     async with world(tmp_path, specs, capacity=2) as (sim, service, executor):
         for _ in range(20):
             sim.instances["a"].add_job(duration=1)
         inst = sim.instances["a"]
-        await wait_for(
-            lambda: (
-                not inst.waiting_jobs
-                and all(t.done for t in inst.tasks.values() if t.id in executor.executed)
-            )
-        )
+        await wait_for(lambda: not inst.waiting_jobs and all(
+            t.done for t in inst.tasks.values() if t.id in executor.executed))
         await drain(service)
         snap = sim.ledger.snapshot()
     assert snap["lost"] > 0  # the tasks inside dropped answers: a retry cannot get them back
@@ -140,16 +133,14 @@ async def test_unresolved_key_survives_a_crash_and_brings_the_task_back(
     sim = Simulator([InstanceSpec("a", faults=FaultPlan(drop_after_assign=1.0))], seed=1)
     async with trio.open_nursery() as nursery:
         await nursery.start(sim.serve, "127.0.0.1", 0)
-        async with world(tmp_path, [], capacity=2, sim=sim, crash=True) as (_, service1, executor):
+        async with world(tmp_path, [], capacity=2, sim=sim, crash=True) as (_, svc1, executor):
             sim.instances["a"].add_job(duration=3)
             await wait_for(lambda: sim.ledger.snapshot()["assigned"] == 1)
             await trio.sleep(0.5)
             assert executor.executed == []
             # The key is in doubt since its first unknown outcome: exported for alerting.
-            assert (
-                metric(service1, "request_key_unresolved_since_timestamp_seconds", connection="a")
-                > 0
-            )
+            since = metric(svc1, "request_key_unresolved_since_timestamp_seconds", connection="a")
+            assert since > 0
         # The service was cancelled mid-retry (as in a crash): the key is on disk.
         pending = KeyStore(tmp_path / "state", "a").load().pending
         assert pending is not None and pending.task_capacity >= 1
@@ -213,11 +204,8 @@ async def test_refused_fetch_releases_slots_and_marks_the_connection_down(
 ) -> None:
     specs = [InstanceSpec("a"), InstanceSpec("b")]
     async with world(tmp_path, specs, capacity=2) as (sim, service, _):
-        await wait_for(
-            lambda: (
-                len(service.loops) == 2 and all(loop.declared for loop in service.loops.values())
-            )
-        )
+        await wait_for(lambda: len(service.loops) == 2 and all(
+            loop.declared for loop in service.loops.values()))
         sim.instances["b"].runner.token = "0" * 40  # b's registration is revoked
         await wait_for(lambda: metric(service, "connection_up", connection="b") == 0)
         assert service.ledger.held("b") == 0
@@ -308,11 +296,8 @@ async def test_container_labels_are_refused_clearly_by_the_default_executor(
     async with trio.open_nursery() as nursery:
         await nursery.start(sim.serve, "127.0.0.1", 0)
         path = sim.write_runner_config(
-            tmp_path / "config.toml",
-            capacity=1,
-            state_dir=tmp_path / "state",
-            fetch_interval=0.1,
-            labels=("sim:docker://node:20",),
+            tmp_path / "config.toml", capacity=1, state_dir=tmp_path / "state",
+            fetch_interval=0.1, labels=("sim:docker://node:20",),
         )
         service = Service(load_config(path), seed=1)
         await nursery.start(service.run)

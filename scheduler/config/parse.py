@@ -438,8 +438,7 @@ class _Parser:
             kind = _path_kind(ca_file)
             if kind != "file":
                 what = {"missing": "does not exist", "directory": "is not a file"}.get(
-                    kind, f"is {kind}"
-                )
+                    kind, f"is {kind}")
                 self.fail(f"{prefix}.ca_file", f"expected a PEM file, but {ca_file} {what}")
         insecure = self.boolean(t, "insecure", f"{prefix}.insecure", default=False)
         if insecure and ca_file is not None:
@@ -583,7 +582,7 @@ class _Parser:
 
 
 def _path_kind(path: Path) -> str:
-    """ "file", "directory", "missing", or what else it is (or why it cannot be looked at).
+    """"file", "directory", "missing", or what else it is (or why it cannot be looked at).
 
     ``Path.exists`` lets some errors through (a name longer than NAME_MAX), so the
     checks of paths from the file go through here."""
