@@ -541,15 +541,24 @@ class TaskReporter:
             while True:
                 try:
                     response = await self.send_state()
-                    acknowledged = True
-                    if response.result.is_final and response.result is not self.result:
-                        log.info(
-                            "task %d on %s: reported %s, the server keeps %s",
-                            self.task.id, self.connection,
-                            self.result.name.lower(), response.result.name.lower(),
+                    if not response.result.is_final:
+                        # Forgejo answers a final report with the task's final result
+                        # (its own if it already had one). Anything else did not record
+                        # ours (a proxy's answer, a broken server): send it again.
+                        log.debug(
+                            "task %d: final UpdateTask answered with result %s; resending",
+                            self.task.id, response.result.name.lower(),
                         )
-                    if not self.outputs_unsent:
-                        return True
+                    else:
+                        acknowledged = True
+                        if response.result is not self.result:
+                            log.info(
+                                "task %d on %s: reported %s, the server keeps %s",
+                                self.task.id, self.connection,
+                                self.result.name.lower(), response.result.name.lower(),
+                            )
+                        if not self.outputs_unsent:
+                            return True
                 except RpcError as exc:
                     log.debug("task %d: final UpdateTask failed: %s", self.task.id, exc)
                 except Exception as exc:  # not a known RPC failure: retry all the same

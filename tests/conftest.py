@@ -146,6 +146,21 @@ async def serve_raw(
 # --- a fake Forgejo ---------------------------------------------------------------------
 
 
+def _claimed_final(raw: bytes) -> tuple[int, str] | None:
+    """(task id, result) when a raw UpdateTask answer states a final result, else None."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        return None
+    try:
+        state = json.loads(body)["state"]
+        task_id, result = int(state["id"]), state["result"]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return None
+    if not isinstance(result, str) or result in ("RESULT_UNSPECIFIED", ""):
+        return None
+    return task_id, result
+
+
 @attrs.define
 class FakeForgejo:
     """A runner.v1 server whose FetchTask (and optionally report) answers are scripted.
@@ -180,7 +195,12 @@ class FakeForgejo:
             else:
                 await self.fetch(stream, req)
         elif rpc in ("UpdateTask", "UpdateLog") and self.report_noise:
-            await stream.send_all(self.report_noise.pop(0))
+            noise = self.report_noise.pop(0)
+            if rpc == "UpdateTask" and (claim := _claimed_final(noise)) is not None:
+                # A server that tells the runner a task's final result keeps it in its
+                # books (as Forgejo does): what it answers later must agree.
+                self.final.setdefault(*claim)
+            await stream.send_all(noise)
         elif rpc == "UpdateTask":
             state = req.json().get("state", {})
             task_id = int(state.get("id", "0"))

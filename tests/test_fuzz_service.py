@@ -29,7 +29,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scheduler.keys import KeyStore
-from scheduler.protocol import DecodeError, FetchTaskResponse
+from scheduler.protocol import (
+    DecodeError,
+    FetchTaskResponse,
+    Result,
+    RpcError,
+    RunnerClient,
+    TaskState,
+)
 from tests.conftest import (
     FakeForgejo,
     RawRequest,
@@ -216,3 +223,27 @@ def test_fuzzed_fetch_answers_never_leak_a_slot(
     with fast_tmpdir() as tmp:
         trio.run(scenario, Path(tmp), scripts, noise,
                  clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+
+async def test_the_fake_books_a_final_result_it_claims() -> None:
+    """The oracle above ("every delivered task got a final result on its server") is
+    only as honest as the fake: a report answer that tells the runner a task is done
+    (here: stopped by the server) must be in the fake's books. Found by the fuzzer: a
+    final report answered so was counted as lost."""
+    claim = http_response(200, b'{"state": {"id": "42", "result": "RESULT_CANCELLED"}}')
+    fake = FakeForgejo(report_noise=[http_response(503, b'{"code":"unavailable"}'), claim])
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_raw, fake.handle)
+        client = RunnerClient(f"http://127.0.0.1:{port}", uuid=fake.uuid, token=fake.token,
+                              timeout=10, verify=False)
+        with pytest.raises(RpcError):
+            await client.update_task(TaskState(id=42))
+        assert fake.final == {}  # a refusal claims nothing
+        first = await client.update_task(TaskState(id=42))  # a heartbeat, answered "stopped"
+        assert first.result is Result.CANCELLED and fake.final == {42: "RESULT_CANCELLED"}
+        # Its honest answers agree from then on, whatever the runner reports.
+        final = await client.update_task(TaskState(id=42, result=Result.SUCCESS))
+        assert final.result is Result.CANCELLED and fake.final == {42: "RESULT_CANCELLED"}
+        await client.aclose()
+        nursery.cancel_scope.cancel()

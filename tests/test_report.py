@@ -46,7 +46,7 @@ FAST = RetryPolicy(attempts=10, initial_delay=0.1, max_delay=5.0, budget=55.0)
 class Call:
     method: str
     body: dict[str, Any]
-    outcome: str  # "ok", "refused", "lost", or the HTTP status
+    outcome: str  # "ok", "refused", "lost", "unrecorded", or the HTTP status
 
 
 class Wire(httpx.AsyncBaseTransport):
@@ -57,7 +57,8 @@ class Wire(httpx.AsyncBaseTransport):
         self.calls: list[Call] = []
         #: Per method, verdicts for the next calls: "refuse" (503 before the server sees
         #: it), "lose" (the server acts, the answer is lost), "explode" (an unexpected
-        #: exception out of the transport) or "ok". Consumed in order.
+        #: exception out of the transport), "unrecorded" (a 200 answer with no result
+        #: in its state, the server never sees the call) or "ok". Consumed in order.
         self.faults: dict[str, list[str]] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -67,6 +68,10 @@ class Wire(httpx.AsyncBaseTransport):
         verdict = pending.pop(0) if pending else None
         if verdict == "explode":
             raise RuntimeError("injected: something the client does not translate")
+        if verdict == "unrecorded":
+            self.calls.append(Call(method, body, "unrecorded"))
+            state = {"id": body.get("state", {}).get("id", "0")}
+            return httpx.Response(200, json={"state": state}, request=request)
         if verdict == "refuse":
             self.calls.append(Call(method, body, "refused"))
             return httpx.Response(
@@ -590,6 +595,27 @@ async def test_shutdown_while_forgejo_does_not_answer(
         assert sim_task.result is not SimResult.SUCCESS  # the job succeeded; no report got through
         unacknowledged = f"task {task.id} on a: the final result (success) was not acknowledged"
         assert unacknowledged in caplog.text
+
+
+async def test_final_report_answered_without_a_result_is_sent_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Forgejo answers a final UpdateTask with the task's final result; an answer
+    without one (a proxy's, a broken server's) did not record it: send it again."""
+
+    async def job(task: Task, rep: TaskReporter) -> Result:
+        return Result.SUCCESS
+
+    async with simulated() as env:
+        task, sim_task = await env.task()
+        env.wire.faults["UpdateTask"] = ["unrecorded"] * 3
+        outcome = await run(env, task, job)
+        assert outcome.reported
+        assert sim_task.result is SimResult.SUCCESS  # the server has it after all
+        finals = [c for c in env.wire.of("UpdateTask")
+                  if c.body["state"].get("result", "RESULT_UNSPECIFIED") != "RESULT_UNSPECIFIED"]
+        assert [c.outcome for c in finals][-1] == "ok"
+        assert "unrecorded" in [c.outcome for c in finals]
 
 
 async def test_outputs_are_sent_until_acknowledged(
