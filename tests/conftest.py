@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, settings
 from scheduler.config import ConnectionSettings, load_config
 from scheduler.executor import Executor
 from scheduler.executor.simulated import SimulatedExecutor
-from scheduler.protocol import RunnerClient
+from scheduler.protocol import DecodeError, RunnerClient, UpdateTaskResponse
 from scheduler.service import ClientFactory, Service
 
 settings.register_profile("ci", deadline=None, print_blob=True)
@@ -147,18 +147,21 @@ async def serve_raw(
 
 
 def _claimed_final(raw: bytes) -> tuple[int, str] | None:
-    """(task id, result) when a raw UpdateTask answer states a final result, else None."""
+    """(task id, result) when a raw UpdateTask answer states a final result, else None.
+
+    Read with the runner's own decoder: what counts is what the runner understood (a
+    result may be spelt ``"RESULT_SUCCESS"`` or ``1``, an id ``"42"`` or ``42``).
+    """
     head, _, body = raw.partition(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 200"):
         return None
     try:
-        state = json.loads(body)["state"]
-        task_id, result = int(state["id"]), state["result"]
-    except (ValueError, TypeError, KeyError, RecursionError):
+        answer = UpdateTaskResponse.from_json(json.loads(body))
+    except (ValueError, RecursionError, DecodeError):
         return None
-    if not isinstance(result, str) or result in ("RESULT_UNSPECIFIED", ""):
+    if not answer.result.is_final:
         return None
-    return task_id, result
+    return answer.task_id, f"RESULT_{answer.result.name}"
 
 
 @attrs.define

@@ -245,5 +245,10 @@ async def test_the_fake_books_a_final_result_it_claims() -> None:
         # Its honest answers agree from then on, whatever the runner reports.
         final = await client.update_task(TaskState(id=42, result=Result.SUCCESS))
         assert final.result is Result.CANCELLED and fake.final == {42: "RESULT_CANCELLED"}
+        # Spelt the other proto3 JSON way (numbers for the id and the enum), as the
+        # fuzzer did: the runner reads it as "success", so the books say so too.
+        fake.report_noise.append(http_response(200, b'{"state": {"id": 43, "result": 1}}'))
+        other = await client.update_task(TaskState(id=43, result=Result.SUCCESS))
+        assert other.result is Result.SUCCESS and fake.final[43] == "RESULT_SUCCESS"
         await client.aclose()
         nursery.cancel_scope.cancel()
