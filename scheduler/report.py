@@ -29,7 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Protocol
 
 import attrs
@@ -499,78 +499,73 @@ class TaskReporter:
 
     async def _final_log(self, policy: RetryPolicy) -> bool:
         self._maybe_release_held()
+
+        async def attempt() -> bool | None:
+            try:
+                await self.send_log(no_more=True)
+            except ConnectError as exc:
+                if exc.code != "already_exists":
+                    raise
+                # "log file has been archived": an earlier noMore got through although
+                # its answer was lost. Nothing more can be added.
+                log.info("task %d on %s: the log was already archived",
+                         self.task.id, self.connection)
+                self._ack += len(self._pending)
+                self._pending.clear()
+                return True
+            except LogsLost as exc:
+                log.warning("task %d on %s: %s", self.task.id, self.connection, exc)
+                return False
+            return True if not self._pending else None
+
+        return await self._retrying("UpdateLog", policy, attempt)
+
+    async def _final_state(self, policy: RetryPolicy) -> bool:
+        acknowledged = False
+
+        async def attempt() -> bool | None:
+            nonlocal acknowledged
+            response = await self.send_state()
+            if not response.result.is_final:
+                # Forgejo answers a final report with the task's final result (its own
+                # if it already had one). Anything else did not record ours (a proxy's
+                # answer, a broken server): send it again.
+                log.debug("task %d: final UpdateTask answered with result %s; resending",
+                          self.task.id, response.result.name.lower())
+                return None
+            acknowledged = True
+            if response.result is not self.result:
+                log.info("task %d on %s: reported %s, the server keeps %s",
+                         self.task.id, self.connection,
+                         self.result.name.lower(), response.result.name.lower())
+            return True if not self.outputs_unsent else None  # outputs: send again
+
+        await self._retrying("UpdateTask", policy, attempt)
+        return acknowledged
+
+    async def _retrying(
+        self, rpc: str, policy: RetryPolicy, attempt: Callable[[], Awaitable[bool | None]]
+    ) -> bool:
+        """Run ``attempt`` until it returns True (done) or False (give up), or the
+        policy's attempts or time budget run out (False). An RPC failure, or any other
+        exception, means "try again"."""
         delays = policy.delays()
         with trio.move_on_after(policy.budget):
             while True:
                 try:
-                    await self.send_log(no_more=True)
-                    if not self._pending:
-                        return True
-                except ConnectError as exc:
-                    if exc.code == "already_exists":
-                        # "log file has been archived": an earlier noMore got through
-                        # although its answer was lost. Nothing more can be added.
-                        log.info(
-                            "task %d on %s: the log was already archived",
-                            self.task.id, self.connection,
-                        )
-                        self._ack += len(self._pending)
-                        self._pending.clear()
-                        return True
-                    log.debug("task %d: final UpdateLog failed: %s", self.task.id, exc)
+                    outcome = await attempt()
+                    if outcome is not None:
+                        return outcome
                 except RpcError as exc:
-                    log.debug("task %d: final UpdateLog failed: %s", self.task.id, exc)
-                except LogsLost as exc:
-                    log.warning("task %d on %s: %s", self.task.id, self.connection, exc)
-                    return False
+                    log.debug("task %d: final %s failed: %s", self.task.id, rpc, exc)
                 except Exception as exc:  # not a known RPC failure: retry all the same
-                    log.warning(
-                        "task %d on %s: final UpdateLog failed unexpectedly: %r",
-                        self.task.id, self.connection, exc,
-                    )
+                    log.warning("task %d on %s: final %s failed unexpectedly: %r",
+                                self.task.id, self.connection, rpc, exc)
                 delay = next(delays, None)
                 if delay is None:
                     return False
                 await trio.sleep(delay)
         return False
-
-    async def _final_state(self, policy: RetryPolicy) -> bool:
-        acknowledged = False
-        delays = policy.delays()
-        with trio.move_on_after(policy.budget):
-            while True:
-                try:
-                    response = await self.send_state()
-                    if not response.result.is_final:
-                        # Forgejo answers a final report with the task's final result
-                        # (its own if it already had one). Anything else did not record
-                        # ours (a proxy's answer, a broken server): send it again.
-                        log.debug(
-                            "task %d: final UpdateTask answered with result %s; resending",
-                            self.task.id, response.result.name.lower(),
-                        )
-                    else:
-                        acknowledged = True
-                        if response.result is not self.result:
-                            log.info(
-                                "task %d on %s: reported %s, the server keeps %s",
-                                self.task.id, self.connection,
-                                self.result.name.lower(), response.result.name.lower(),
-                            )
-                        if not self.outputs_unsent:
-                            return True
-                except RpcError as exc:
-                    log.debug("task %d: final UpdateTask failed: %s", self.task.id, exc)
-                except Exception as exc:  # not a known RPC failure: retry all the same
-                    log.warning(
-                        "task %d on %s: final UpdateTask failed unexpectedly: %r",
-                        self.task.id, self.connection, exc,
-                    )
-                delay = next(delays, None)
-                if delay is None:
-                    break
-                await trio.sleep(delay)
-        return acknowledged
 
 
 def _lines(text: str) -> list[str]:
