@@ -25,3 +25,13 @@ def test_ruff_clean() -> None:
 def test_mypy_strict_clean() -> None:
     proc = run("mypy", "--strict", "scheduler", "grafana/generate.py")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_no_import_cycles() -> None:
+    """scheduler/ is layered: no import cycle, no function-level import (scripts/import-graph.py
+    says what counts as an edge, and how ``if TYPE_CHECKING:`` imports are treated)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "import-graph.py")],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
