@@ -31,12 +31,17 @@ from scheduler.executor.steps import (
     PRE,
     StepFailed,
     StepRun,
-    run_main,
     run_stage,
     shown_minutes,
     timeout_seconds,
 )
-from scheduler.executor.uses import has_stage, prepare, run_action_stage, run_post_stages
+from scheduler.executor.uses import (
+    has_stage,
+    prepare,
+    run_action_stage,
+    run_main,
+    run_post_stages,
+)
 from scheduler.protocol import Result
 
 OUTCOMES = {"success": Result.SUCCESS, "failure": Result.FAILURE, "skipped": Result.SKIPPED}

@@ -8,6 +8,8 @@ through ``GITHUB_STATE``/``::save-state::``, and ``GITHUB_PATH`` prepended to ``
 ``sh`` actions run ``sh -c <main>``; ``go`` actions are built with ``go build`` in
 their directory, then run. ``GITHUB_ACTION_PATH`` is set for all of them
 (forgejo-runner only sets it for ``sh`` and composite actions).
+
+It builds on ``steps.py`` (:func:`run_process`); ``uses.py`` dispatches to it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def action_env(sr: StepRun) -> None:
     sr.env["GITHUB_ACTION_PATH"] = sr.env["FORGEJO_ACTION_PATH"] = str(sr.action_dir)
 
 
-async def run(sr: StepRun, stage: str) -> None:
+async def run_program(sr: StepRun, stage: str) -> None:
+    """One stage of a prepared ``node*``, ``sh`` or ``go`` action."""
     action = sr.action
     assert action is not None and sr.action_dir is not None
     entry = {PRE: action.pre, MAIN: action.main}.get(stage, action.post)

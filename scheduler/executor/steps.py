@@ -16,6 +16,11 @@ For every stage of every step, in this order (``act/runner/step.go``):
 Errors are rows in the step's own log (``Error: …``). ``${{ }}`` that cannot be
 evaluated fails the step: forgejo-runner logs it where the UI does not show it and
 goes on with an empty string.
+
+This module is the bottom of the step layer: :func:`run_stage` runs whatever body it
+is given, and the bodies here (``run:`` scripts, :func:`run_process`) need nothing
+above. Choosing the body of a ``uses:`` step, and the recursion into composite
+actions, is ``uses.py``'s, which imports this module and never the other way round.
 """
 
 from __future__ import annotations
@@ -88,8 +93,8 @@ class StepRun:
     action: Action | None = None
     action_dir: Path | None = None
     remote: RemoteRef | None = None
-    #: The composite action's own scope and steps (``composite.Composite``), once built.
-    composite: object | None = None
+    #: The composite action's own scope and steps, once built (``uses.py`` builds it).
+    composite: Composite | None = None
 
     @property
     def kind(self) -> str:
@@ -103,6 +108,14 @@ class StepRun:
         if self.action_dir is not None and self.action is not None:
             github["action_path"] = str(self.action_dir)
         return github
+
+
+@attrs.define(eq=False)
+class Composite:
+    """A composite action's own scope and steps, kept by the step that uses it."""
+
+    scope: Scope
+    children: list[StepRun]
 
 
 def setup_env(sr: StepRun) -> dict[str, str]:
@@ -315,16 +328,6 @@ async def run_script(sr: StepRun) -> None:
     except ValueError as exc:
         raise StepFailed(f"shell {shell!r}: {exc}") from None
     await run_process(sr, argv, cwd=cwd)
-
-
-async def run_main(sr: StepRun) -> None:
-    """The main stage's body: a ``run:`` script or a ``uses:`` action."""
-    if sr.step.run is not None:
-        await run_script(sr)
-    else:
-        from scheduler.executor.uses import run_uses  # it builds on this module
-
-        await run_uses(sr)
 
 
 def stage_header(sr: StepRun, stage: str) -> Callable[[], None]:

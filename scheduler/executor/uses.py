@@ -1,9 +1,29 @@
-"""``uses:`` steps: fetching remote actions (the pre stage) and running any action.
+"""``uses:`` steps and composite actions: the recursive part of the executor.
 
-Dispatch by ``runs.using``: ``node*``, ``sh`` and ``go`` (``node.py``), ``composite``
-(``composite.py``); docker actions, ``uses: docker://`` and reusable workflows as steps
-fail with a row saying why. Local actions (``./path``) are read from the workspace
-when their step runs, since an earlier step (a checkout) usually creates them.
+A step's main stage runs a ``run:`` script (``steps.py``) or an action. An action is
+a program (``node*``, ``sh``, ``go``: ``node.py``) or a composite, whose steps are
+ordinary steps again, ``uses:`` of any kind and nested composites included. That
+recursion (step → action → composite → step) is plain calls inside this one module,
+so the modules below it import nothing above them: ``steps.py`` runs one stage of one
+step with a body it is given, ``node.py`` runs programs, this module chooses the body
+and recurses, and ``job.py`` drives it for the job's steps. Every import points down.
+
+Dispatch by ``runs.using``; docker actions, ``uses: docker://`` and reusable workflows
+as steps fail with a row saying why. Remote actions are fetched in the job's pre stage
+(as forgejo-runner); local actions (``./path``) are read from the workspace when their
+step runs, since an earlier step (a checkout) usually creates them.
+
+Composite actions (``action_composite.go``): the composite's scope gets the step's env
+without its ``INPUT_*``, then one ``INPUT_<NAME>`` per declared input (the ``with:``
+value, else the interpolated ``default``), ``GITHUB_ACTION_REPOSITORY``/``REF``, the
+action's directory as ``github.action_path``, the job's ``GITHUB_PATH`` entries, and
+no ``secrets``. Its steps have their own ``if:`` (``success()`` looks at the
+composite's steps only), ids (index when absent), ``continue-on-error`` and
+``timeout-minutes``; the first failure skips the rest by default and fails the
+composite step. Afterwards the action's ``outputs.*.value`` become the outputs of the
+step that used it, and ``GITHUB_ENV`` and ``GITHUB_PATH`` changes propagate to the
+job. Pre and post stages of the composite's steps run in the job's pre and post
+stages (posts in reverse order).
 """
 
 from __future__ import annotations
@@ -11,17 +31,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from scheduler.executor.actions import ActionError, parse_remote, read_action
+from scheduler.executor.contexts import ExprFailure
+from scheduler.executor.node import run_program
 from scheduler.executor.state import Scope, StepResult
 from scheduler.executor.steps import (
     CONTAINER_NEEDED,
     MAIN,
     POST,
     PRE,
+    Composite,
     StepFailed,
     StepRun,
+    input_key,
+    run_script,
     run_stage,
     stage_header,
 )
+
+
+async def run_main(sr: StepRun) -> None:
+    """The main stage's body: a ``run:`` script or a ``uses:`` action."""
+    if sr.step.run is not None:
+        await run_script(sr)
+    else:
+        await run_uses(sr)
 
 
 async def prepare(sr: StepRun) -> None:
@@ -55,9 +88,7 @@ async def prepare(sr: StepRun) -> None:
         raise StepFailed(str(exc)) from None
     sr.remote, sr.action_dir = remote, directory
     if sr.action.using == "composite":
-        from scheduler.executor import composite  # it builds on this module
-
-        await composite.prepare(sr)
+        await _prepare_composite(sr)
 
 
 async def run_uses(sr: StepRun) -> None:
@@ -82,16 +113,14 @@ async def run_uses(sr: StepRun) -> None:
 
 async def run_action(sr: StepRun, stage: str) -> None:
     """One stage of a prepared action."""
-    from scheduler.executor import composite, node  # they build on this module
-
     action = sr.action
     assert action is not None
     if action.using == "composite":
-        await composite.run(sr, stage)
+        await _run_composite(sr, stage)
     elif action.using == "docker":
         raise StepFailed(f"`{sr.step.uses}` is a docker action, which {CONTAINER_NEEDED}")
     else:
-        await node.run(sr, stage)
+        await run_program(sr, stage)
 
 
 def has_stage(sr: StepRun, stage: str) -> bool:
@@ -100,9 +129,7 @@ def has_stage(sr: StepRun, stage: str) -> bool:
     if action is None:
         return False
     if action.using == "composite":
-        from scheduler.executor import composite  # it builds on this module
-
-        return composite.has_stage(sr, stage)
+        return _composite_has_stage(sr, stage)
     if action.using == "docker":
         return False
     return bool(action.pre if stage == PRE else action.post)
@@ -130,3 +157,112 @@ async def run_post_stages(steps: Sequence[StepRun], scope: Scope) -> bool:
         outcome = await run_action_stage(sr, POST)
         failed = failed or outcome.conclusion == "failure"
     return failed
+
+
+# --- composite actions --------------------------------------------------------------------
+
+
+def _composite_env(sr: StepRun) -> dict[str, str]:
+    """``evaluateCompositeInputAndEnv``."""
+    action = sr.action
+    assert action is not None
+    env = {k: v for k, v in sr.env.items() if not k.startswith("INPUT_")}
+    defaults = sr.scope.evaluator(sr.env, github=sr.github())
+    for name, default in action.inputs.items():
+        key = input_key(name)
+        if name in sr.step.with_ and key in sr.env:
+            env[key] = sr.env[key]
+        else:
+            env[key] = defaults.interpolate(default or "")
+    env["GITHUB_ACTION_REPOSITORY"] = sr.remote.repository if sr.remote else ""
+    env["GITHUB_ACTION_REF"] = sr.remote.ref if sr.remote else ""
+    return env
+
+
+def _build_composite(sr: StepRun) -> Composite:
+    """The composite's scope and steps, built once (its env is set per stage)."""
+    if sr.composite is not None:
+        return sr.composite
+    parent = sr.scope
+    action = sr.action
+    assert action is not None and sr.action_dir is not None
+    scope = Scope(
+        run=parent.run,
+        env={},
+        secrets={},
+        global_env=parent.global_env,
+        extra_path=list(parent.extra_path),
+        action_path=str(sr.action_dir),
+        parent=parent,
+    )
+    composite = Composite(scope, [StepRun(step, scope) for step in action.steps])
+    sr.composite = composite
+    return composite
+
+
+def _enter_composite(sr: StepRun) -> Composite:
+    """The composite, its env (inputs) and ``GITHUB_PATH`` refreshed for this stage."""
+    composite = _build_composite(sr)
+    composite.scope.env = _composite_env(sr)
+    composite.scope.extra_path = list(sr.scope.extra_path)
+    return composite
+
+
+async def _prepare_composite(sr: StepRun) -> None:
+    """Fetch the remote actions the composite's steps use (the job's pre stage)."""
+    for child in _build_composite(sr).children:
+        await prepare(child)
+
+
+def _composite_has_stage(sr: StepRun, stage: str) -> bool:
+    """A composite has a pre/post stage if one of its (known) steps has one."""
+    if sr.composite is None:
+        return False
+    return any(has_stage(child, stage) for child in sr.composite.children)
+
+
+async def _run_composite(sr: StepRun, stage: str) -> None:
+    try:
+        composite = _enter_composite(sr)
+    except ExprFailure as exc:
+        raise StepFailed(str(exc)) from None
+    if stage == PRE:
+        await _composite_pre(composite)
+    elif stage == MAIN:
+        await _composite_main(sr, composite)
+    else:
+        await _composite_post(composite)
+
+
+async def _composite_pre(composite: Composite) -> None:
+    for child in composite.children:
+        if has_stage(child, PRE):
+            result = await run_action_stage(child, PRE)
+            if result.conclusion == "failure":
+                raise StepFailed("")
+
+
+async def _composite_main(sr: StepRun, composite: Composite) -> None:
+    scope = composite.scope
+    failed = False
+    for child in composite.children:
+        result = await run_stage(child, MAIN, run_main)
+        failed = failed or result.conclusion == "failure"
+    parent = sr.scope
+    outputs = scope.evaluator()
+    assert sr.action is not None
+    for name, value in sr.action.outputs.items():
+        try:
+            parent.set_output(name, outputs.interpolate(value))
+        except ExprFailure as exc:
+            parent.run.reporter.log(f"Error: output {name} of the action: {exc}")
+            failed = True
+    parent.extra_path = list(scope.extra_path)
+    parent.env.update(scope.global_env)
+    if failed:
+        raise StepFailed("")
+
+
+async def _composite_post(composite: Composite) -> None:
+    if await run_post_stages(composite.children, composite.scope):
+        raise StepFailed("")
