@@ -60,7 +60,10 @@ def split_row(text: str, limit: int = MAX_ROW_BYTES) -> list[str]:
 
 
 class TaskLog:
-    """The rows, steps, job outputs and result of one task (``connection``: where it came from).
+    """The rows, steps, job outputs and result of one task.
+
+    ``connection`` names where the task came from (an executor may pick settings by
+    it, such as the host executor's per-connection labels).
 
     The executor writes through :meth:`log` (its own messages), :meth:`output` or a
     :meth:`commands` stream (lines of a step's process, workflow commands applied) and
