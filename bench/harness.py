@@ -37,8 +37,8 @@ import trio.testing
 
 from scheduler.executor.simulated import SimulatedExecutor
 from scheduler.protocol import FetchTaskResponse, Result, RunnerClient, Task
-from scheduler.report import TaskReporter
 from scheduler.sim import FaultPlan, InstanceSpec, Simulator
+from scheduler.task.log import TaskLog
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +149,10 @@ class RecordingExecutor(SimulatedExecutor):
         super().__init__()
         self.recorder = recorder
 
-    async def execute(self, task: Task, reporter: TaskReporter) -> Result:
+    async def execute(self, task: Task, log: TaskLog) -> Result:
         span = self.recorder.started(task)
         try:
-            return await super().execute(task, reporter)
+            return await super().execute(task, log)
         finally:
             self.recorder.ended(span)
 

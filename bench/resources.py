@@ -62,8 +62,8 @@ def child(mode: str, config_path: str, n: int) -> dict[str, Any]:
     from scheduler.config import load_config
     from scheduler.executor.simulated import SimulatedExecutor
     from scheduler.protocol import Result, Task
-    from scheduler.report import TaskReporter
     from scheduler.service import Service
+    from scheduler.task.log import TaskLog
 
     if mode == "imports":
         return _memory()
@@ -73,10 +73,10 @@ def child(mode: str, config_path: str, n: int) -> dict[str, Any]:
             super().__init__()
             self.first: tuple[float, float] | None = None
 
-        async def execute(self, task: Task, reporter: TaskReporter) -> Result:
+        async def execute(self, task: Task, log: TaskLog) -> Result:
             if self.first is None:
                 self.first = (time.perf_counter(), time.process_time())
-            return await super().execute(task, reporter)
+            return await super().execute(task, log)
 
     logging.basicConfig(level=logging.ERROR)
     config = load_config(Path(config_path))

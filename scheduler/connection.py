@@ -29,10 +29,9 @@ import trio
 
 from scheduler import __version__
 from scheduler.config import ConnectionSettings, RunnerSettings
-from scheduler.executor import Executor, reject_task, run_task
+from scheduler.executor import Executor
 from scheduler.keys import KeyStore, PendingFetch
 from scheduler.metrics import Metrics
-from scheduler.orphans import REASON, settle_orphan
 from scheduler.pool import PoolClosed, SlotPool
 from scheduler.protocol import (
     ConnectError,
@@ -42,6 +41,7 @@ from scheduler.protocol import (
     RunnerClient,
     Task,
 )
+from scheduler.task.lifecycle import ORPHAN_REASON, reject_task, run_task, settle_orphan
 
 log = logging.getLogger(__name__)
 
@@ -361,8 +361,10 @@ class ConnectionLoop:
             self.pool.finish(self.name)
 
     async def report_orphan(self, task_id: int, holds_slot: bool) -> None:
-        """A task left running by a dead process: settle it (see scheduler.orphans)."""
-        log.warning("connection %s: task %d: %s; reporting it failed", self.name, task_id, REASON)
+        """A task left running by a dead process: settle it (see scheduler.task.lifecycle)."""
+        log.warning(
+            "connection %s: task %d: %s; reporting it failed", self.name, task_id, ORPHAN_REASON
+        )
         try:
             result = await settle_orphan(self.client, task_id, rng=self.rng)
             if result is Result.FAILURE:

@@ -29,8 +29,8 @@ import yaml
 
 from scheduler.config import Config, parse_config
 from scheduler.durations import parse_duration
-from scheduler.executor.base import SHUTDOWN_REPORT_TIMEOUT
 from scheduler.sim.cli import add_arguments as sim_arguments
+from scheduler.task.lifecycle import SHUTDOWN_REPORT_TIMEOUT
 from tests.test_sim_support import running
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -30,10 +30,11 @@ import trio
 import yaml
 
 from scheduler import __version__
-from scheduler.executor import HostExecutor, run_task
+from scheduler.executor import HostExecutor
 from scheduler.protocol import Result, RunnerClient, TaskNeed
-from scheduler.report import RetryPolicy
 from scheduler.sim import InstanceSpec, Simulator
+from scheduler.task.lifecycle import run_task
+from scheduler.task.reporter import RetryPolicy
 from tests.test_executor_support import StaticServer, make_repository
 
 CORPUS = Path(__file__).parent / "workflows"

@@ -1,4 +1,4 @@
-"""HostExecutor with real bash processes (no mocks); the reporter is not connected.
+"""HostExecutor with real bash processes (no mocks), writing to a TaskLog (no server).
 
 These run on the real clock: the processes do.
 """
@@ -9,7 +9,6 @@ import os
 import shutil
 import textwrap
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +18,12 @@ import trio
 from scheduler.executor import HostExecutor
 from scheduler.executor.host import run_command
 from scheduler.executor.workflow import WorkflowError, parse_workflow
-from scheduler.protocol import LogRow, Result, StepState, Task, TaskState, UpdateTaskResponse
-from scheduler.report import TaskReporter
+from scheduler.protocol import Result, StepState, Task
+from scheduler.task.log import TaskLog
 
 
-class NoServer:
-    """The executor never calls RPCs; reaching one would be a bug."""
-
-    async def update_task(
-        self, state: TaskState, outputs: Mapping[str, str] | None = None
-    ) -> UpdateTaskResponse:
-        raise AssertionError("no RPC expected")
-
-    async def update_log(
-        self, task_id: int, index: int, rows: tuple[LogRow, ...], no_more: bool
-    ) -> int:
-        raise AssertionError("no RPC expected")
-
-
-class WatchingReporter(TaskReporter):
-    """A reporter that can wake a test when a given line arrives."""
+class WatchingLog(TaskLog):
+    """A task log that can wake a test when a given row arrives."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -47,8 +32,8 @@ class WatchingReporter(TaskReporter):
     def seen(self, line: str) -> trio.Event:
         return self._waiting.setdefault(line, trio.Event())
 
-    def output(self, text: str) -> None:
-        super().output(text)
+    def log(self, text: str) -> None:
+        super().log(text)
         self.seen(text).set()
 
 
@@ -69,20 +54,20 @@ def make_task(payload: bytes, **kw: Any) -> Task:
 
 async def run(
     tmp_path: Path, payload: bytes, **kw: Any
-) -> tuple[Result, TaskReporter, HostExecutor]:
+) -> tuple[Result, TaskLog, HostExecutor]:
     task = make_task(payload, **kw)
-    reporter = TaskReporter(NoServer(), task, connection="test")
+    task_log = TaskLog(task, connection="test")
     executor = HostExecutor(tmp_path / "work", kill_grace=1.0, drain_timeout=2.0)
-    result = await executor.execute(task, reporter)
-    return result, reporter, executor
+    result = await executor.execute(task, task_log)
+    return result, task_log, executor
 
 
-def rows(reporter: TaskReporter) -> list[str]:
-    return [r.content for r in reporter.queued]
+def rows(task_log: TaskLog) -> list[str]:
+    return [r.content for r in task_log.queued]
 
 
-def step_rows(reporter: TaskReporter, step: StepState) -> list[str]:
-    return rows(reporter)[step.log_index : step.log_index + step.log_length]
+def step_rows(task_log: TaskLog, step: StepState) -> list[str]:
+    return rows(task_log)[step.log_index : step.log_index + step.log_length]
 
 
 def gone(pid: int, within: float = 5.0) -> bool:
@@ -344,13 +329,13 @@ async def test_cancellation_kills_the_group_and_cleans_up(tmp_path: Path) -> Non
             sleep 1000
         """)
     task = make_task(payload, id=31)
-    reporter = WatchingReporter(NoServer(), task, connection="test")
+    task_log = WatchingLog(task, connection="test")
     executor = HostExecutor(tmp_path / "work", kill_grace=0.5, drain_timeout=1.0)
     t0 = time.monotonic()
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(executor.execute, task, reporter)
-            await reporter.seen("waiting").wait()
+            nursery.start_soon(executor.execute, task, task_log)
+            await task_log.seen("waiting").wait()
             await trio.sleep(0.1)
             scope.cancel()
     assert scope.cancelled_caught
@@ -359,8 +344,8 @@ async def test_cancellation_kills_the_group_and_cleans_up(tmp_path: Path) -> Non
     assert gone(int(fg.read_text()))
     assert gone(int(bg.read_text()))
     assert not (tmp_path / "work" / "31").exists()
-    assert step_rows(reporter, reporter.steps[0]) == ["waiting"]
-    assert reporter.steps[0].result is Result.CANCELLED
+    assert step_rows(task_log, task_log.steps[0]) == ["waiting"]
+    assert task_log.steps[0].result is Result.CANCELLED
 
 
 async def test_run_command_keeps_output_tail_on_timeout(tmp_path: Path) -> None:
@@ -479,14 +464,14 @@ async def test_labels_other_than_host_fail_clearly(
     tmp_path: Path, labels: list[str], needle: str
 ) -> None:
     task = make_task(workflow("- run: echo a"))
-    reporter = TaskReporter(NoServer(), task, connection="test")
+    task_log = TaskLog(task, connection="test")
     executor = HostExecutor(tmp_path / "work", labels={"test": labels})
-    assert await executor.execute(task, reporter) is Result.FAILURE
-    assert reporter.steps[0].result is Result.SKIPPED
-    assert any(needle in r and "needs a container executor" in r for r in rows(reporter))
+    assert await executor.execute(task, task_log) is Result.FAILURE
+    assert task_log.steps[0].result is Result.SKIPPED
+    assert any(needle in r and "needs a container executor" in r for r in rows(task_log))
     ok = HostExecutor(tmp_path / "work", labels=["host:host"])
-    reporter = TaskReporter(NoServer(), task, connection="test")
-    assert await ok.execute(task, reporter) is Result.SUCCESS
+    task_log = TaskLog(task, connection="test")
+    assert await ok.execute(task, task_log) is Result.SUCCESS
 
 
 # --- parsing ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Pieces of the host executor on their own: commands, env files, hashFiles, the action
+"""Pieces of the host executor on their own: command files, env files, hashFiles, the action
 cache over real git and loopback HTTP, labels, parsing."""
 
 from __future__ import annotations
@@ -6,72 +6,17 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import attrs
 import pytest
 import trio
 
 from scheduler.executor.actions import ActionCache, ActionError, parse_remote, read_action
-from scheduler.executor.commands import CommandHandler, parse_command, parse_env_file
+from scheduler.executor.command_files import parse_env_file
 from scheduler.executor.hashfiles import HashFilesError, hash_files
 from scheduler.executor.host import pick_label
 from scheduler.executor.workflow import WorkflowError, parse_workflow
 from tests.test_executor_support import StaticServer, make_repository
 
-# --- workflow commands --------------------------------------------------------------------
-
-
-def test_parse_command() -> None:
-    cmd = parse_command("::set-output name=x,other=a%3Ab%2Cc::v%0A%25w")
-    assert cmd is not None
-    assert (cmd.name, cmd.properties, cmd.data) == (
-        "set-output", {"name": "x", "other": "a:b,c"}, "v%0A%25w"
-    )
-    ado = parse_command("##[set-env name=A;x=y]value")
-    assert ado is not None and (ado.name, ado.properties, ado.data) == (
-        "set-env", {"name": "A", "x": "y"}, "value"
-    )
-    assert parse_command("no command") is None
-    assert parse_command(":: spaced::x") is None
-
-
-@attrs.define
-class Sink:
-    calls: list[tuple[str, str, str]] = attrs.field(factory=list)
-
-    def set_env(self, name: str, value: str) -> None:
-        self.calls.append(("env", name, value))
-
-    def set_output(self, name: str, value: str) -> None:
-        self.calls.append(("output", name, value))
-
-    def add_path(self, path: str) -> None:
-        self.calls.append(("path", path, ""))
-
-    def save_state(self, name: str, value: str) -> None:
-        self.calls.append(("state", name, value))
-
-
-def test_command_handler_applies_and_passes_every_line_on() -> None:
-    sink, shown = Sink(), []
-    handler = CommandHandler(sink, shown.append)
-    lines = [
-        "::set-output name=a::1%0A2",
-        "::set-env name=B::x",
-        "::add-path::/opt/bin",
-        "::save-state name=s::st",
-        "::stop-commands::tok",
-        "::set-env name=IGNORED::y",
-        "::tok::",
-        "::set-output name=c::3",
-        "plain",
-    ]
-    for line in lines:
-        handler.line(line)
-    assert shown == lines
-    assert sink.calls == [
-        ("output", "a", "1\n2"), ("env", "B", "x"), ("path", "/opt/bin", ""),
-        ("state", "s", "st"), ("output", "c", "3"),
-    ]
+# --- command files ---------------------------------------------------------------------
 
 
 def test_env_file_format() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.masking import Masker
 from scheduler.protocol import Task
+from scheduler.task.masking import Masker
 
 
 def test_masks_every_occurrence() -> None:

@@ -32,8 +32,8 @@ import trio
 
 from bench.harness import Conn, World
 from scheduler import __version__
-from scheduler.executor import run_task
 from scheduler.protocol import RpcError, RunnerClient, Task
+from scheduler.task.lifecycle import run_task
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ import trio
 
 from bench.harness import World
 from scheduler import __version__
-from scheduler.executor import run_task
 from scheduler.protocol import ConnectError, RpcError, RunnerClient, Task, TransportFailure
+from scheduler.task.lifecycle import run_task
 
 log = logging.getLogger(__name__)
 

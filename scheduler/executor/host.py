@@ -1,6 +1,6 @@
 """The host executor: a job of a task runs on this machine, as forgejo-runner's ``host`` label.
 
-``HostExecutor.execute`` is the :class:`~scheduler.executor.base.Executor` the service
+``HostExecutor.execute`` is the :class:`~scheduler.executor.Executor` the service
 uses. It parses the payload (``workflow.py``), refuses what needs a container
 (``container:``, ``services:``, a ``runs-on`` that picks a ``docker``/``lxc`` label,
 docker actions) with a row saying so, and runs the job (``job.py``) in a fresh
@@ -44,7 +44,7 @@ from scheduler.executor.state import JobRun, Paths, Scope
 from scheduler.executor.steps import CONTAINER_NEEDED
 from scheduler.executor.workflow import Workflow, WorkflowError, parse_workflow
 from scheduler.protocol import Result, Task
-from scheduler.report import TaskReporter
+from scheduler.task.log import TaskLog
 
 __all__ = ["CommandResult", "HostExecutor", "kill_group", "pick_label", "run_command"]
 
@@ -91,31 +91,31 @@ class HostExecutor:
             self._cache = ActionCache(root, kill_grace=self.kill_grace)
         return self._cache
 
-    async def execute(self, task: Task, reporter: TaskReporter) -> Result:
+    async def execute(self, task: Task, log: TaskLog) -> Result:
         try:
             workflow = parse_workflow(task.workflow_payload)
         except WorkflowError as exc:
-            reporter.log(f"Error: {exc}")
-            _show_payload(task.workflow_payload, reporter)
+            log.log(f"Error: {exc}")
+            _show_payload(task.workflow_payload, log)
             return Result.FAILURE
         job = workflow.job
-        reporter.set_steps(len(job.steps))
+        log.set_steps(len(job.steps))
         problem = _job_problem(task, workflow)
         if problem is not None:
-            reporter.log(f"Error: {problem}")
+            log.log(f"Error: {problem}")
             for step in job.steps:
-                reporter.skip_step(step.index)
+                log.skip_step(step.index)
             return Result.FAILURE
         paths = Paths(self.work_root / str(task.id))
         await _remove_tree(paths.root, self.cleanup_timeout)  # left over by a crashed run
         try:
-            return await self._run(task, workflow, paths, reporter)
+            return await self._run(task, workflow, paths, log)
         finally:
             with trio.CancelScope(shield=True):
                 await _remove_tree(paths.root, self.cleanup_timeout)
 
     async def _run(
-        self, task: Task, workflow: Workflow, paths: Paths, reporter: TaskReporter
+        self, task: Task, workflow: Workflow, paths: Paths, log: TaskLog
     ) -> Result:
         job = workflow.job
         tool_cache = self.tool_cache or self.work_root / "_tool_cache"
@@ -128,7 +128,7 @@ class HostExecutor:
         run = JobRun(
             task=task,
             workflow=workflow,
-            reporter=reporter,
+            log=log,
             paths=paths,
             cache=self.cache,
             tool_cache=tool_cache,
@@ -151,21 +151,21 @@ class HostExecutor:
             setup_env(scope, runner_env(task, runner))
             run.runs_on = [scope.evaluator().interpolate(name) for name in job.runs_on]
         except ExprFailure as exc:
-            reporter.log(f"Error: {exc}")
+            log.log(f"Error: {exc}")
             runner_.skip_all()
             return Result.FAILURE
-        problem = self._label_problem(run.runs_on, reporter.connection)
+        problem = self._label_problem(run.runs_on, log.connection)
         if problem is not None:
-            reporter.log(f"Error: {problem}")
+            log.log(f"Error: {problem}")
             runner_.skip_all()
             return Result.FAILURE
-        reporter.log(
+        log.log(
             f"⚙ host executor: job {job.id} ({job.name}), {len(job.steps)} steps, "
             f"workspace {paths.workspace}"
         )
         if run.matrix:
             shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in run.matrix.items())
-            reporter.log(f"🧪 Matrix: {shown}")
+            log.log(f"🧪 Matrix: {shown}")
         return await runner_.execute()
 
     def _label_problem(self, runs_on: Sequence[str], connection: str) -> str | None:
@@ -242,11 +242,11 @@ def _exists(path: Path) -> bool:
     return os.path.lexists(path)
 
 
-def _show_payload(payload: bytes, reporter: TaskReporter) -> None:
+def _show_payload(payload: bytes, log: TaskLog) -> None:
     """Print the payload with line numbers, as forgejo-runner does when it cannot parse it."""
     text = payload.decode("utf-8", errors="replace")
     if not text.strip():
         return
-    reporter.log("The workflow payload:")
+    log.log("The workflow payload:")
     for number, line in enumerate(text.splitlines(), start=1):
-        reporter.log(f"{number:4d}: {line}")
+        log.log(f"{number:4d}: {line}")

@@ -76,8 +76,8 @@ class JobRunner:
 
     def skip_all(self) -> None:
         for index in range(len(self.steps)):
-            if not self.run.reporter.steps[index].result.is_final:
-                self.run.reporter.skip_step(index)
+            if not self.run.log.steps[index].result.is_final:
+                self.run.log.skip_step(index)
 
     def enabled(self) -> bool | None:
         """The job's ``if:``; None (after a row saying why) if it cannot be evaluated."""
@@ -86,22 +86,22 @@ class JobRunner:
             status = needs_status(self.run.needs)
             return self.scope.evaluator(job_status=status).condition(job.condition)
         except ExprFailure as exc:
-            self.run.reporter.log(f"Error: {exc}")
+            self.run.log.log(f"Error: {exc}")
             return None
 
     async def execute(self) -> Result:
-        reporter = self.run.reporter
+        task_log = self.run.log
         job = self.run.workflow.job
         enabled = self.enabled()
         if not enabled:
             if enabled is False:
-                reporter.log(f"Skipping job '{job.name}' due to '{job.condition or 'success()'}'")
+                task_log.log(f"Skipping job '{job.name}' due to '{job.condition or 'success()'}'")
             self.skip_all()
             return Result.SKIPPED if enabled is False else Result.FAILURE
         try:
             limit = timeout_seconds(job.timeout_minutes, self.scope.evaluator().interpolate)
         except (ExprFailure, StepFailed) as exc:
-            reporter.log(f"Error: the job's {exc}")
+            task_log.log(f"Error: the job's {exc}")
             self.skip_all()
             return Result.FAILURE
         try:
@@ -132,12 +132,12 @@ class JobRunner:
         return Result.SUCCESS
 
     async def _pre_and_main(self) -> None:
-        reporter = self.run.reporter
+        task_log = self.run.log
         for sr in self.steps:
             try:
                 await prepare(sr)
             except StepFailed as exc:
-                reporter.log(f"Error: {exc}")
+                task_log.log(f"Error: {exc}")
                 self.failed = True
                 break
             if has_stage(sr, PRE):
@@ -151,38 +151,38 @@ class JobRunner:
         for index, sr in enumerate(self.steps):
 
             def on_start(index: int = index) -> None:
-                reporter.start_step(index)
+                task_log.start_step(index)
                 self.open_index = index
 
             result = await run_stage(sr, MAIN, run_main, on_start=on_start)
             if self.open_index == index:
                 self.open_index = None
-                reporter.finish_step(index, OUTCOMES[result.outcome])
+                task_log.finish_step(index, OUTCOMES[result.outcome])
             else:
-                reporter.skip_step(index)
+                task_log.skip_step(index)
             if result.conclusion == "failure":
                 self.failed = True
 
     def _stop(self, result: Result, line: str | None) -> None:
         """The running step ends with ``result``; steps that did not run are CANCELLED."""
-        reporter = self.run.reporter
+        task_log = self.run.log
         if self.open_index is not None:
             if line is not None:
-                reporter.log(line)
-            reporter.finish_step(self.open_index, result)
+                task_log.log(line)
+            task_log.finish_step(self.open_index, result)
             self.open_index = None
         elif line is not None:
-            reporter.log(line)
-        for index, state in enumerate(reporter.steps):
+            task_log.log(line)
+        for index, state in enumerate(task_log.steps):
             if not state.result.is_final:
-                reporter.finish_step(index, Result.CANCELLED)
+                task_log.finish_step(index, Result.CANCELLED)
 
     async def _post(self) -> None:
         if await run_post_stages(self.steps, self.scope):
             self.failed = True
 
     def _outputs(self) -> None:
-        reporter = self.run.reporter
+        task_log = self.run.log
         outputs = self.run.workflow.job.outputs
         if not outputs:
             return
@@ -191,6 +191,6 @@ class JobRunner:
             try:
                 text = evaluator.interpolate(value)
             except ExprFailure as exc:
-                reporter.log(f"Error: job output {key}: {exc}")
+                task_log.log(f"Error: job output {key}: {exc}")
                 continue
-            reporter.set_output(key, text)
+            task_log.set_output(key, text)

@@ -20,7 +20,7 @@ import trio
 import yaml
 
 from scheduler.protocol import Result, Task
-from scheduler.report import TaskReporter
+from scheduler.task.log import TaskLog
 
 _SLEEP = re.compile(r"^\s*sleep\s+([0-9.]+)\s*$")
 _EXIT = re.compile(r"^\s*exit\s+([0-9]+)\s*$")
@@ -41,16 +41,16 @@ class SimulatedExecutor:
     def __init__(self) -> None:
         self.executed: list[int] = []  # task ids, in the order they started
 
-    async def execute(self, task: Task, reporter: TaskReporter) -> Result:
+    async def execute(self, task: Task, log: TaskLog) -> Result:
         self.executed.append(task.id)
         scripts = _steps(task.workflow_payload)
-        reporter.set_steps(len(scripts))
+        log.set_steps(len(scripts))
         result = Result.SUCCESS
         for i, script in enumerate(scripts):
             if result is not Result.SUCCESS:
-                reporter.skip_step(i)
+                log.skip_step(i)
                 continue
-            reporter.start_step(i)
+            log.start_step(i)
             step_result = Result.SUCCESS
             for line in script.splitlines():
                 if m := _SLEEP.match(line):
@@ -59,7 +59,7 @@ class SimulatedExecutor:
                     step_result = Result.FAILURE
                     break
                 else:
-                    reporter.output(line.removeprefix("echo ").strip('"'))
-            reporter.finish_step(i, step_result)
+                    log.output(line.removeprefix("echo ").strip('"'))
+            log.finish_step(i, step_result)
             result = step_result
         return result

@@ -21,7 +21,7 @@ from scheduler.executor.contexts import DEFAULT_PATH, Evaluator
 from scheduler.executor.hashfiles import hash_files
 from scheduler.executor.workflow import Workflow
 from scheduler.protocol import Task
-from scheduler.report import TaskReporter
+from scheduler.task.log import TaskLog
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -80,7 +80,7 @@ class JobRun:
 
     task: Task
     workflow: Workflow
-    reporter: TaskReporter
+    log: TaskLog
     paths: Paths
     cache: ActionCache
     tool_cache: Path

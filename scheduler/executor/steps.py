@@ -36,7 +36,7 @@ import attrs
 import trio
 
 from scheduler.executor.actions import Action, RemoteRef
-from scheduler.executor.commands import CommandHandler, apply_files, prepare_files
+from scheduler.executor.command_files import apply_files, prepare_files
 from scheduler.executor.contexts import ExprFailure, github_env
 from scheduler.executor.process import run_command
 from scheduler.executor.state import Scope, StepResult
@@ -179,7 +179,7 @@ async def run_stage(
     before its first row. ``trio.Cancelled`` from outside propagates.
     """
     scope, step = sr.scope, sr.step
-    log = scope.run.reporter.log
+    log = scope.run.log.log
     scope.current_step = step.id
     result = StepResult()
     if stage == MAIN:
@@ -264,10 +264,10 @@ async def run_process(sr: StepRun, argv: list[str], *, cwd: Path | None = None) 
     scope, run = sr.scope, sr.scope.run
     env = dict(sr.env)
     scope.apply_path(env)
-    handler = CommandHandler(scope, run.reporter.output)
+    commands = run.log.commands(scope)
     try:
         done = await run_command(
-            argv, cwd=cwd or run.paths.workspace, env=env, on_line=handler.line,
+            argv, cwd=cwd or run.paths.workspace, env=env, on_line=commands.line,
             kill_grace=run.kill_grace, drain_timeout=run.drain_timeout,
         )
     except FileNotFoundError:
@@ -343,6 +343,6 @@ def stage_header(sr: StepRun, stage: str) -> Callable[[], None]:
         if "::add-mask::" in title:
             title = "add-mask command"
         first = (title.strip().splitlines() or [sr.step.id])[0]
-        sr.scope.run.reporter.log(f"⭐ Run {stage} {first}")
+        sr.scope.run.log.log(f"⭐ Run {stage} {first}")
 
     return header

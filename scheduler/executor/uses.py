@@ -80,7 +80,7 @@ async def prepare(sr: StepRun) -> None:
     try:
         if key not in run.checkouts:
             dest = run.checkout_dir(f"{remote.owner}-{remote.repo}-{remote.ref}")
-            sha = await run.cache.checkout(url, remote.ref, dest, run.reporter.log)
+            sha = await run.cache.checkout(url, remote.ref, dest, run.log.log)
             run.checkouts[key] = (dest, sha)
         directory = run.checkouts[key][0] / remote.path
         sr.action = read_action(directory, uses)

@@ -1,28 +1,42 @@
-"""Running one task to the end: the seam between the scheduler and an executor.
+"""The three ways a task ends: run, rejected, or orphaned by a dead process.
 
-The scheduler only knows :func:`run_task` and :func:`reject_task`; both always
-return (bounded by the client's per-call timeout and the retry budget), because the
-caller releases the runner slot when they do, and a slot must come back even when
-Forgejo is unreachable. An :class:`Executor` only runs the job and writes log rows
-and step states through the :class:`~scheduler.report.TaskReporter`; everything
-about the wire (heartbeats, cancellation by the server, the final report) lives
-here and in ``scheduler.report``, so a fuller executor can replace the minimal one
-without touching either.
+The scheduler only knows these functions. :func:`run_task` and :func:`reject_task`
+always return (bounded by the client's per-call timeout and the retry budget),
+because the caller releases the runner slot when they do, and a slot must come back
+even when Forgejo is unreachable. An :class:`~scheduler.executor.Executor` only runs
+the job and writes rows and step states to the :class:`~scheduler.task.log.TaskLog`;
+everything about the wire (heartbeats, cancellation by the server, the final report)
+is the :class:`~scheduler.task.reporter.TaskReporter`'s, so a fuller executor can
+replace the host one without touching either.
+
+:func:`settle_orphan` is for tasks that were running when the last process died.
+They cannot be resumed (their processes are gone with the runner's bookkeeping), and
+left alone they would sit "running" on the server until Forgejo's zombie timeout (10
+minutes by default). So the next start settles each one:
+
+1. a heartbeat UpdateTask asks the server's view: if the task is already final (it
+   ended and was reported just before the crash, or the server stopped it), there is
+   nothing to add;
+2. otherwise an empty UpdateLog learns how many log rows the server holds, one row
+   saying why goes after them with ``noMore``, and a final UpdateTask reports FAILURE.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import random
 import socket
 import traceback
-from typing import Protocol
 
 import attrs
 import trio
 
 from scheduler import __version__
-from scheduler.protocol import Result, RunnerClient, Task
-from scheduler.report import DEFAULT_RETRY, RetryPolicy, TaskReporter
+from scheduler.executor import Executor
+from scheduler.protocol import ConnectError, LogRow, Result, RpcError, RunnerClient, Task, TaskState
+from scheduler.task.log import TaskLog
+from scheduler.task.reporter import DEFAULT_RETRY, RetryPolicy, TaskReporter
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +50,7 @@ HEARTBEAT_GRACE = 5.0
 
 SHUTDOWN_LINE = "cancelled: the runner is shutting down"
 MAX_RUN_TIME_LINE = "The runner cancelled the job because it exceeds the maximum run time"
+ORPHAN_REASON = "the runner restarted while this task was running; it cannot be resumed"
 
 _LAST_LINES = {
     Result.SUCCESS: "🏁 Job succeeded",
@@ -52,21 +67,6 @@ class TaskOutcome:
     result: Result  # final result we reported (or tried to)
     reported: bool  # True iff the server acknowledged the final UpdateTask
     duration: float  # seconds (trio clock) from start to final report
-
-
-class Executor(Protocol):
-    """Runs the job of one task, writing its log and step states through the reporter. Replaceable.
-
-    Contract: call ``reporter.set_steps(n)`` once the payload is parsed, then
-    ``start_step``/``finish_step``/``skip_step`` in order; write rows with
-    ``reporter.log`` (own messages) and ``reporter.output`` (process output). Return
-    the job's result. Cancellation (server stop, shutdown, maximum run time) arrives
-    as ``trio.Cancelled``: stop everything the job started, clean up (shielded,
-    bounded) and let it propagate. An exception is a bug or a bad payload: the task
-    is reported failed with a line naming it.
-    """
-
-    async def execute(self, task: Task, reporter: TaskReporter) -> Result: ...
 
 
 def _header(task: Task, connection: str, runner_name: str) -> str:
@@ -99,21 +99,22 @@ async def run_task(
     (CANCELLED, "cancelled: the runner is shutting down") went out.
     """
     start = trio.current_time()
-    reporter = TaskReporter(client, task, connection=connection, retry=retry)
-    reporter.log(_header(task, connection, runner_name or socket.gethostname()))
+    task_log = TaskLog(task, connection=connection)
+    reporter = TaskReporter(client, task_log, retry=retry)
+    task_log.log(_header(task, connection, runner_name or socket.gethostname()))
     log.info("task %d on %s: started", task.id, connection)
     try:
         result, last_line = await _execute(task, executor, reporter, report_interval, max_run_time)
-        result = reporter.close(result, last_line)
+        result = task_log.close(result, last_line)
         reported = await reporter.send_final()
     except Exception as exc:  # a bug in reporting itself: still report, never escape
         log.error(
             "task %d on %s: internal error while reporting: %s",
-            task.id, connection, reporter.masker.mask(_describe(exc)),
+            task.id, connection, task_log.masker.mask(_describe(exc)),
         )
         reported = False  # if the deadline ends the report first
         with trio.CancelScope(deadline=trio.current_time() + shutdown_report_timeout):
-            result = reporter.close(Result.FAILURE, f"internal error of the runner: {exc!r}")
+            result = task_log.close(Result.FAILURE, f"internal error of the runner: {exc!r}")
             reported = await reporter.send_final()
     except BaseException:
         # Cancelled from outside (shutdown after its shutdown_timeout) or interrupted.
@@ -122,7 +123,7 @@ async def run_task(
         # the deadline can end this report too (a Forgejo that does not answer).
         reported = False
         with trio.CancelScope(shield=True, deadline=trio.current_time() + shutdown_report_timeout):
-            result = reporter.close(Result.CANCELLED, SHUTDOWN_LINE)
+            result = task_log.close(Result.CANCELLED, SHUTDOWN_LINE)
             reported = await reporter.send_final()
         _log_end(task, connection, result, reported, trio.current_time() - start)
         raise
@@ -139,17 +140,18 @@ async def _execute(
     max_run_time: float,
 ) -> tuple[Result, str]:
     """The job beside the heartbeat; the result and the last log line."""
+    task_log = reporter.task_log
     result = Result.FAILURE
     last_line: str | None = None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(reporter.heartbeat, report_interval)
         with reporter.cancel_scope, trio.move_on_after(max_run_time) as run_time:
             try:
-                result = await executor.execute(task, reporter)
+                result = await executor.execute(task, task_log)
             except Exception as exc:
                 log.error(
                     "task %d on %s: the executor failed: %s",
-                    task.id, reporter.connection, reporter.masker.mask(_describe(exc)),
+                    task.id, task_log.connection, task_log.masker.mask(_describe(exc)),
                 )
                 result = Result.FAILURE
                 last_line = f"internal error: the executor failed: {type(exc).__name__}: {exc}"
@@ -166,7 +168,7 @@ async def _execute(
     if not result.is_final:
         return Result.FAILURE, "internal error: the executor returned no result"
     if last_line is not None:
-        reporter.log(last_line)
+        task_log.log(last_line)
     return result, _LAST_LINES[result]
 
 
@@ -180,14 +182,43 @@ async def reject_task(
 ) -> TaskOutcome:
     """Report a task this runner cannot run as failed at once: one row, then the result."""
     start = trio.current_time()
-    reporter = TaskReporter(client, task, connection=connection, retry=retry)
-    reporter.log(reason)
-    reporter.close(Result.FAILURE, None)
-    log.warning("task %d on %s: rejected: %s", task.id, connection, reporter.masker.mask(reason))
+    task_log = TaskLog(task, connection=connection)
+    reporter = TaskReporter(client, task_log, retry=retry)
+    task_log.log(reason)
+    task_log.close(Result.FAILURE, None)
+    log.warning("task %d on %s: rejected: %s", task.id, connection, task_log.masker.mask(reason))
     reported = await reporter.send_final()
     duration = trio.current_time() - start
     _log_end(task, connection, Result.FAILURE, reported, duration)
     return TaskOutcome(result=Result.FAILURE, reported=reported, duration=duration)
+
+
+async def settle_orphan(
+    client: RunnerClient, task_id: int, *, rng: random.Random, attempts: int = 10
+) -> Result | None:
+    """The task's final result on the server afterwards, or None if it could not be told."""
+    for attempt in range(attempts):
+        try:
+            view = await client.update_task(TaskState(id=task_id))
+            if view.result.is_final:
+                return view.result
+            ack = await client.update_log(task_id, 0, (), False)
+            row = LogRow(dt.datetime.now(dt.UTC), f"forgejo-scheduler: {ORPHAN_REASON}")
+            try:
+                await client.update_log(task_id, ack, (row,), True)
+            except ConnectError as exc:
+                if exc.code != "already_exists":  # archived: the state below still counts
+                    raise
+            now = dt.datetime.now(dt.UTC)
+            await client.update_task(TaskState(id=task_id, result=Result.FAILURE, stopped_at=now))
+            return Result.FAILURE
+        except RpcError as exc:
+            if not exc.outcome_unknown:
+                log.error("task %d: cannot report it failed: %s", task_id, exc)
+                return None
+            await trio.sleep(rng.uniform(0, min(30.0, 0.5 * 2**attempt)))
+    log.error("task %d: gave up reporting it failed after %d attempts", task_id, attempts)
+    return None
 
 
 def _log_end(task: Task, connection: str, result: Result, reported: bool, duration: float) -> None:

@@ -1,4 +1,4 @@
-"""The reporter and ``run_task``/``reject_task``, end to end over loopback HTTP.
+"""``run_task``/``reject_task`` and their reporting, end to end over loopback HTTP.
 
 The server is the built-in simulator (``scheduler.sim``: Forgejo's UpdateLog/UpdateTask
 semantics). Between client and server sits :class:`Wire`, an httpx transport that
@@ -11,7 +11,6 @@ with real bash processes run on the real clock.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
@@ -30,12 +29,14 @@ import trio
 import trio.testing
 
 from scheduler import __version__
-from scheduler.executor import HostExecutor, reject_task, run_task
-from scheduler.executor.base import MAX_RUN_TIME_LINE, SHUTDOWN_LINE
-from scheduler.protocol import LogRow, Result, RunnerClient, Task, TaskState
-from scheduler.report import RetryPolicy, TaskReporter, split_row
+from scheduler.executor import HostExecutor
+from scheduler.protocol import Result, RunnerClient, Task
 from scheduler.sim import InstanceSpec, SimInstance, SimTask, Simulator
 from scheduler.sim import Result as SimResult
+from scheduler.sim.records import UpdateRecord
+from scheduler.task.lifecycle import MAX_RUN_TIME_LINE, SHUTDOWN_LINE, reject_task, run_task
+from scheduler.task.log import TaskLog
+from scheduler.task.reporter import RetryPolicy
 
 FAST = RetryPolicy(attempts=10, initial_delay=0.1, max_delay=5.0, budget=55.0)
 
@@ -131,7 +132,7 @@ async def simulated(rpc_timeout: float = 30.0) -> AsyncIterator[Env]:
         nursery.cancel_scope.cancel()
 
 
-Script = Callable[[Task, TaskReporter], Awaitable[Result]]
+Script = Callable[[Task, TaskLog], Awaitable[Result]]
 
 
 @attrs.define
@@ -140,8 +141,8 @@ class Scripted:
 
     script: Script
 
-    async def execute(self, task: Task, reporter: TaskReporter) -> Result:
-        return await self.script(task, reporter)
+    async def execute(self, task: Task, log: TaskLog) -> Result:
+        return await self.script(task, log)
 
 
 def header(task: Task) -> str:
@@ -178,142 +179,11 @@ def stored_steps(sim_task: SimTask) -> list[tuple[str, int, int]]:
     return [(s.status, s.log_index, s.log_length) for s in sim_task.steps]
 
 
-# --- the reporter on its own ---------------------------------------------------------------
-
-
-class Unused:
-    async def update_task(self, state: TaskState, outputs: Any = None) -> Any:
-        raise AssertionError
-
-    async def update_log(self, task_id: int, index: int, rows: tuple[LogRow, ...],
-                         no_more: bool) -> int:
-        raise AssertionError
-
-
-def reporter(**task: Any) -> TaskReporter:
-    return TaskReporter(Unused(), Task(id=1, **task), connection="c")
-
-
-def contents(rep: TaskReporter) -> list[str]:
-    return [r.content for r in rep.queued]
-
-
-def test_rows_setup_steps_between_and_trailing() -> None:
-    rep = reporter()
-    rep.log("setup 1\nsetup 2\n")
-    rep.set_steps(3)
-    rep.start_step(0)
-    rep.output("s0 a")
-    rep.finish_step(0, Result.SUCCESS)
-    rep.log("between steps")  # must not end up between steps: joins step 1
-    assert rep.held and contents(rep) == ["setup 1", "setup 2", "s0 a"]
-    rep.start_step(1)
-    rep.output("s1 a\r\ns1 b")
-    rep.finish_step(1, Result.FAILURE)
-    rep.log("after a failure")
-    rep.skip_step(2)
-    rep.log("trailing")
-    assert contents(rep) == [
-        "setup 1", "setup 2", "s0 a", "between steps", "s1 a", "s1 b", "after a failure",
-        "trailing",
-    ]
-    s0, s1, s2 = rep.steps
-    assert (s0.log_index, s0.log_length, s0.result) == (2, 1, Result.SUCCESS)
-    assert (s1.log_index, s1.log_length, s1.result) == (3, 3, Result.FAILURE)
-    assert (s2.log_index, s2.log_length, s2.result) == (6, 0, Result.SKIPPED)
-    assert s2.started_at is None
-
-
-def test_close_cancels_unfinished_steps() -> None:
-    rep = reporter()
-    rep.set_steps(3)
-    rep.start_step(0)
-    rep.output("x")
-    assert rep.close(Result.FAILURE, "the end") is Result.FAILURE
-    assert [s.result for s in rep.steps] == [Result.CANCELLED] * 3
-    assert rep.steps[0].stopped_at is not None
-    assert contents(rep) == ["x", "the end"]
-    # A second close keeps the first result.
-    assert rep.close(Result.CANCELLED, "again") is Result.FAILURE
-    assert contents(rep) == ["x", "the end"]
-
-
-def test_close_skipped_job_skips_steps() -> None:
-    rep = reporter()
-    rep.set_steps(1)
-    rep.close(Result.SKIPPED, None)
-    assert rep.steps[0].result is Result.SKIPPED
-
-
-def test_step_misuse_is_an_error() -> None:
-    rep = reporter()
-    rep.set_steps(2)
-    rep.start_step(0)
-    with pytest.raises(RuntimeError):
-        rep.start_step(1)
-    with pytest.raises(IndexError):
-        rep.finish_step(5, Result.SUCCESS)
-    with pytest.raises(ValueError):
-        rep.finish_step(0, Result.UNSPECIFIED)
-
-
-def test_long_lines_are_split_on_character_boundaries() -> None:
-    rep = reporter()
-    line = "é" * 40_000  # 80,000 bytes
-    rep.output(line)
-    pieces = contents(rep)
-    assert len(pieces) == 2
-    assert all(len(p.encode()) <= 64 * 1024 for p in pieces)
-    assert "".join(pieces) == line
-    assert split_row("a" * 10) == ["a" * 10]
-    assert split_row("ab€" * 3, limit=4) == ["ab", "€a", "b€", "ab", "€"]
-
-
-def test_workflow_commands() -> None:
-    rep = reporter(secrets={"ACTIONS_STEP_DEBUG": "false"})
-    rep.output("::debug::hidden\n::group::G\n::endgroup::\n::warning file=x::careful")
-    rep.output("::stop-commands::tok123\n::add-mask::not-a-mask\n::group::literal\n::tok123::")
-    rep.output("::add-mask::now-masked\nnot-a-mask now-masked")
-    assert contents(rep) == [
-        "##[group]G", "##[endgroup]", "::warning file=x::careful",
-        "::add-mask::not-a-mask", "::group::literal", "not-a-mask ***",
-    ]
-    debug = reporter(secrets={"ACTIONS_STEP_DEBUG": "true"})
-    debug.output("::debug::shown")
-    assert contents(debug) == ["shown"]
-
-
-def test_secrets_are_masked_before_queueing_and_late_masks_at_send() -> None:
-    rep = reporter(secrets={"S": "s3cr3t-value"})
-    rep.log("runner says s3cr3t-value")
-    rep.output("early late-value")
-    rep.output("::add-mask::late-value")
-    assert contents(rep) == ["runner says ***", "early late-value"]
-    rep._remask()  # what send_log does first
-    assert contents(rep) == ["runner says ***", "early ***"]
-
-
-def test_outputs_limits_and_first_wins() -> None:
-    rep = reporter()
-    assert rep.set_output("k", "v1")
-    assert not rep.set_output("k", "v2")
-    assert not rep.set_output("x" * 256, "v")
-    assert not rep.set_output("big", "v" * (1024 * 1024 + 1))
-    assert rep.outputs_unsent == 1
-
-
-def test_retry_policy_delays() -> None:
-    assert list(RetryPolicy(attempts=10, initial_delay=0.1, max_delay=5.0).delays()) == [
-        0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0,
-    ]
-    assert list(RetryPolicy(attempts=1).delays()) == []
-
-
 # --- run_task end to end -----------------------------------------------------------------
 
 
 async def test_run_task_rows_steps_and_final_order(autojump_clock: trio.testing.MockClock) -> None:
-    async def job(task: Task, rep: TaskReporter) -> Result:
+    async def job(task: Task, rep: TaskLog) -> Result:
         rep.log("preparing")
         rep.set_steps(2)
         rep.start_step(0)
@@ -352,31 +222,35 @@ async def test_run_task_rows_steps_and_final_order(autojump_clock: trio.testing.
 
 async def test_heartbeat_sends_rows_before_the_end(autojump_clock: trio.testing.MockClock) -> None:
     seen: list[list[str]] = []
+    states: list[UpdateRecord] = []
 
     async with simulated() as env:
         task, sim_task = await env.task()
 
-        async def job(task: Task, rep: TaskReporter) -> Result:
+        async def job(task: Task, rep: TaskLog) -> Result:
             rep.set_steps(1)
             rep.start_step(0)
             rep.output("one")
             await trio.sleep(3)
+            # What the server holds while the step is still running; checked after
+            # run_task: an assertion failing in here would only fail the task.
             seen.append(list(sim_task.log_lines))
-            states = [u for u in sim_task.updates if not u.result.final]
-            assert states and states[-1].steps[0].log_length == 1
+            states.extend(u for u in sim_task.updates if not u.result.final)
             rep.finish_step(0, Result.SUCCESS)
             return Result.SUCCESS
 
         outcome = await run(env, task, job)
-        assert outcome.reported
+        assert outcome.result is Result.SUCCESS and outcome.reported
         assert seen == [[header(task), "one"]]
+        # The heartbeats during the step sent its state with its row counted.
+        assert states and states[-1].steps[0].log_length == 1
         # Each UpdateLog starts at the index acknowledged before: nothing is sent twice.
         indexes = [int(c.body.get("index", "0")) for c in env.wire.of("UpdateLog")]
         assert indexes == sorted(indexes) and len(set(indexes)) == len(indexes)
 
 
 async def test_update_log_failures_resend_from_ack(autojump_clock: trio.testing.MockClock) -> None:
-    async def job(task: Task, rep: TaskReporter) -> Result:
+    async def job(task: Task, rep: TaskLog) -> Result:
         rep.set_steps(1)
         rep.start_step(0)
         for i in range(6):
@@ -403,7 +277,7 @@ async def test_update_log_failures_resend_from_ack(autojump_clock: trio.testing.
 
 
 async def test_final_report_retries(autojump_clock: trio.testing.MockClock) -> None:
-    async def job(task: Task, rep: TaskReporter) -> Result:
+    async def job(task: Task, rep: TaskLog) -> Result:
         rep.log("quick")
         await trio.sleep(1)  # one heartbeat (its log answer is lost), none after
         return Result.FAILURE
@@ -428,7 +302,7 @@ async def test_final_report_retries(autojump_clock: trio.testing.MockClock) -> N
 async def test_unexpected_errors_do_not_stop_the_job(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async def job(task: Task, rep: TaskReporter) -> Result:
+    async def job(task: Task, rep: TaskLog) -> Result:
         rep.log("still here")
         await trio.sleep(2.5)
         return Result.SUCCESS
@@ -448,7 +322,7 @@ async def test_server_cancel_mid_step(autojump_clock: trio.testing.MockClock) ->
     async with simulated() as env:
         task, sim_task = await env.task()
 
-        async def job(task: Task, rep: TaskReporter) -> Result:
+        async def job(task: Task, rep: TaskLog) -> Result:
             rep.set_steps(2)
             rep.start_step(0)
             rep.output("working")
@@ -481,7 +355,7 @@ async def test_server_cancel_mid_step(autojump_clock: trio.testing.MockClock) ->
 
 
 async def test_server_failure_result_also_stops(autojump_clock: trio.testing.MockClock) -> None:
-    async def job(task: Task, rep: TaskReporter) -> Result:
+    async def job(task: Task, rep: TaskLog) -> Result:
         await trio.sleep(1000)
         return Result.SUCCESS
 
@@ -502,14 +376,14 @@ async def test_server_failure_result_also_stops(autojump_clock: trio.testing.Moc
 async def test_executor_exception_is_reported(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def job(task: Task, rep: TaskReporter) -> Result:
+    async def job(task: Task, rep: TaskLog) -> Result:
         rep.set_steps(1)
         rep.start_step(0)
         raise KeyError("no such thing")
 
     async with simulated() as env:
         task, sim_task = await env.task()
-        with caplog.at_level(logging.ERROR, "scheduler.executor.base"):
+        with caplog.at_level(logging.ERROR, "scheduler.task.lifecycle"):
             outcome = await run(env, task, job)
         assert outcome.result is Result.FAILURE and outcome.reported
         assert "internal error: the executor failed: KeyError: 'no such thing'" in (
@@ -521,7 +395,7 @@ async def test_executor_exception_is_reported(
 
 
 async def test_executor_without_result(autojump_clock: trio.testing.MockClock) -> None:
-    async def job(task: Task, rep: TaskReporter) -> Result:
+    async def job(task: Task, rep: TaskLog) -> Result:
         return Result.UNSPECIFIED
 
     async with simulated() as env:
@@ -532,7 +406,7 @@ async def test_executor_without_result(autojump_clock: trio.testing.MockClock) -
 
 
 async def test_max_run_time(autojump_clock: trio.testing.MockClock) -> None:
-    async def job(task: Task, rep: TaskReporter) -> Result:
+    async def job(task: Task, rep: TaskLog) -> Result:
         await trio.sleep(10_000)
         return Result.SUCCESS
 
@@ -547,7 +421,7 @@ async def test_max_run_time(autojump_clock: trio.testing.MockClock) -> None:
 async def test_shutdown_cancels_and_reports(autojump_clock: trio.testing.MockClock) -> None:
     cleaned = trio.Event()
 
-    async def job(task: Task, rep: TaskReporter) -> Result:
+    async def job(task: Task, rep: TaskLog) -> Result:
         rep.set_steps(1)
         rep.start_step(0)
         rep.output("long job")
@@ -578,7 +452,7 @@ async def test_shutdown_while_forgejo_does_not_answer(
     Cancelled (seen with podman-compose, which stopped the simulator with the runner;
     it raised UnboundLocalError and the service exited 1)."""
 
-    async def job(task: Task, rep: TaskReporter) -> Result:
+    async def job(task: Task, rep: TaskLog) -> Result:
         await trio.sleep(1)
         return Result.SUCCESS
 
@@ -603,7 +477,7 @@ async def test_final_report_answered_without_a_result_is_sent_again(
     """Forgejo answers a final UpdateTask with the task's final result; an answer
     without one (a proxy's, a broken server's) did not record it: send it again."""
 
-    async def job(task: Task, rep: TaskReporter) -> Result:
+    async def job(task: Task, rep: TaskLog) -> Result:
         return Result.SUCCESS
 
     async with simulated() as env:
@@ -621,7 +495,7 @@ async def test_final_report_answered_without_a_result_is_sent_again(
 async def test_outputs_are_sent_until_acknowledged(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async def job(task: Task, rep: TaskReporter) -> Result:
+    async def job(task: Task, rep: TaskLog) -> Result:
         rep.set_output("version", "1.2.3")
         await trio.sleep(2.5)
         return Result.SUCCESS
@@ -646,7 +520,7 @@ async def test_server_down_gives_up(
         port = s.getsockname()[1]
     task = Task(id=9, workflow_payload=b"", context={"job": "job", "event_name": "push"})
 
-    async def job(task: Task, rep: TaskReporter) -> Result:
+    async def job(task: Task, rep: TaskLog) -> Result:
         await trio.sleep(3)
         return Result.SUCCESS
 
@@ -798,11 +672,3 @@ jobs:
                 await trio.sleep(0.05)
         assert not (tmp_path / "work" / str(task.id)).exists()
         assert stored_steps(sim_task)[0][0] == "RESULT_CANCELLED"
-
-
-def test_timestamps_are_wall_clock() -> None:
-    rep = reporter()
-    rep.log("x")
-    (row,) = rep.queued
-    assert abs((dt.datetime.now(dt.UTC) - row.time).total_seconds()) < 5
-    assert rep.started_at.tzinfo is dt.UTC
