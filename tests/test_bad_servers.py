@@ -34,19 +34,12 @@ import trio.testing
 from scheduler.protocol import RunnerClient, TransportFailure
 from scheduler.service import Service
 from scheduler.sim import InstanceSpec, SimInstance, Simulator
-from tests.conftest import (
-    FakeForgejo,
-    RawRequest,
-    Stream,
-    fake_connection,
-    fast_tmpdir,
-    metric,
-    running,
-    serve_raw,
-    sim_connection,
-    wait_for,
-    write_config,
-)
+from tests.support.config import sim_connection, write_config
+from tests.support.fake_forgejo import FakeForgejo, fake_connection
+from tests.support.harness import fast_tmpdir, running_service
+from tests.support.metrics import metric
+from tests.support.polling import wait_for
+from tests.support.rawhttp import RawRequest, Stream, serve_raw
 
 FETCH_TIMEOUT = 30.0
 #: Pickup within one fetch interval: 1 s + 10 % jitter (+ a poll step of the test).
@@ -88,7 +81,7 @@ async def _world(home: Path, bad: dict[str, dict[str, Any]], *, capacity: int, f
         config = write_config(home / "config.toml", conns, capacity=capacity,
                               fetch_interval="1s", fetch_timeout=f"{FETCH_TIMEOUT:g}s",
                               shutdown_timeout="2m")
-        async with running(config) as service:
+        async with running_service(config) as service:
             yield World(sim, service, nursery)
             service.request_stop()
             await wait_for(lambda: service.phase == "stopped")

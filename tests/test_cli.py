@@ -11,7 +11,7 @@ import httpx
 import trio
 
 from scheduler.sim import FaultPlan, InstanceSpec, Simulator
-from tests.daemon import CLI, ROOT, Daemon
+from tests.support.daemon import CLI, ROOT, Daemon
 
 
 def test_demo_json_report() -> None:

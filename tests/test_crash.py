@@ -20,8 +20,8 @@ from scheduler.executor.simulated import SimulatedExecutor
 from scheduler.keys import KeyStore, PendingFetch
 from scheduler.service import Service
 from scheduler.sim import FaultPlan, InstanceSpec, Simulator
-from tests.conftest import wait_for
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
+from tests.support.polling import wait_for
 
 RESTARTED = "the runner restarted while this task was running"
 

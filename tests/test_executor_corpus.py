@@ -34,7 +34,7 @@ from scheduler.executor import HostExecutor, run_task
 from scheduler.protocol import Result, RunnerClient, TaskNeed
 from scheduler.report import RetryPolicy
 from scheduler.sim import InstanceSpec, Simulator
-from tests.test_executor_support import StaticServer, make_repository
+from tests.support.repos import StaticServer, make_repository
 
 CORPUS = Path(__file__).parent / "workflows"
 CASES = sorted(CORPUS.glob("*.yml"))

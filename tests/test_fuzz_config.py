@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scheduler.config import _NAME_RE, Config, ConfigError, _toml_key, load_config, parse_config
-from tests.conftest import examples
-from tests.test_fuzz_strategies import seeds
+from tests.support.profiles import examples
+from tests.support.strategies import seeds
 
 # A generated body can be megabytes: hypothesis may warn that its repr is large, which
 # the suite's "warnings are errors" would turn into a failure of a passing example.

@@ -15,7 +15,8 @@ from scheduler.executor.simulated import SimulatedExecutor
 from scheduler.reload import plan_reload
 from scheduler.service import Service
 from scheduler.sim import InstanceSpec, Simulator
-from tests.conftest import metric, wait_for
+from tests.support.metrics import metric
+from tests.support.polling import wait_for
 
 
 def write(sim: Simulator, tmp_path: Path, *, capacity: int,

@@ -10,7 +10,7 @@ import httpx
 import trio
 
 from scheduler.sim import FaultPlan, InstanceSpec, Simulator
-from tests.test_sim_support import Rpc, final_state, ids_of, running
+from tests.support.sim import Rpc, final_state, ids_of, running_sim
 
 CAPACITY = 4
 
@@ -76,7 +76,7 @@ async def until_ok(rpc: Rpc, method: str, body: dict[str, Any]) -> None:
 
 
 async def drive(*specs: InstanceSpec, jobs_each: int) -> Simulator:
-    async with running(*specs, seed=11) as sim, httpx.AsyncClient() as client:
+    async with running_sim(*specs, seed=11) as sim, httpx.AsyncClient() as client:
         for inst in sim.instances.values():
             for _ in range(jobs_each):
                 inst.add_job()

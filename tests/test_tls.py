@@ -24,17 +24,14 @@ import trustme
 from scheduler.config import config_warnings, load_config
 from scheduler.protocol import ssl_context
 from scheduler.sim import InstanceSpec, Simulator
-from tests.conftest import (
-    FakeForgejo,
-    fake_connection,
-    metric,
-    running,
-    serve_raw,
-    sim_connection,
-    wait_for,
-    write_config,
-)
-from tests.test_bad_servers import PICKUP, declared, lines, pickup_latencies, world
+from tests.support.config import sim_connection, write_config
+from tests.support.fake_forgejo import FakeForgejo, fake_connection
+from tests.support.harness import running_service, world
+from tests.support.logs import lines
+from tests.support.metrics import metric
+from tests.support.pickup import PICKUP, declared, pickup_latencies
+from tests.support.polling import wait_for
+from tests.support.rawhttp import serve_raw
 
 
 @attrs.define
@@ -125,7 +122,7 @@ async def test_ca_file_trusts_a_throwaway_ca_for_a_whole_job(
         conn = sim_connection(sim, "a", ca_file=str(tmp_path / "ca.pem"))
         conn["url"] = url
         config = write_config(tmp_path / "config.toml", {"a": conn}, capacity=2)
-        async with running(config) as service:
+        async with running_service(config) as service:
             assert config_warnings(service.config) == []
             job = sim.instances["a"].add_job(duration=2)
             await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1)
@@ -145,7 +142,7 @@ async def test_insecure_skips_verification_and_says_so(
         conn = sim_connection(sim, "a", insecure=True)
         conn["url"] = url
         config = write_config(tmp_path / "config.toml", {"a": conn}, capacity=1)
-        async with running(config) as service:
+        async with running_service(config) as service:
             sim.instances["a"].add_job(duration=1)
             await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1)
             service.request_stop()
@@ -212,7 +209,7 @@ async def test_a_ca_file_that_does_not_load_fails_closed_for_its_connection_only
             conn["url"] = url
             config = write_config(tmp_path / "config.toml",
                                   {"a": conn, "b": sim_connection(plain, "b")}, capacity=2)
-            async with running(config) as service:
+            async with running_service(config) as service:
                 job = plain.instances["b"].add_job(duration=1)
                 await wait_for(lambda: plain.ledger.snapshot()["finished"] == 1)
                 await wait_for(lambda: metric(service, "connection_up", connection="a") == 0)
@@ -239,7 +236,7 @@ async def test_raw_server_over_tls_with_ca_file(
                                            ssl_context=server_context(ca)))
         conn = fake_connection(fake, port, scheme="https", ca_file=str(tmp_path / "ca.pem"))
         config = write_config(tmp_path / "config.toml", {"a": conn}, capacity=1)
-        async with running(config) as service:
+        async with running_service(config) as service:
             await wait_for(lambda: fake.counts.get("FetchTask", 0) >= 2)
             assert metric(service, "connection_up", connection="a") == 1
         nursery.cancel_scope.cancel()

@@ -1,0 +1,32 @@
+"""Pickup latency of the healthy connection (the simulator's ``fine`` instance) beside
+misbehaving servers: the promise is that a bad server does not slow the others down."""
+
+from __future__ import annotations
+
+import trio
+
+from scheduler.service import Service
+from tests.support.harness import World
+from tests.support.polling import wait_for
+
+#: Pickup within one fetch interval: 1 s + 10 % jitter (+ a poll step of the test).
+PICKUP = 1.2
+
+
+async def pickup_latencies(world: World, jobs: int) -> list[float]:
+    """Queue jobs on the healthy instance one by one; how long until each is picked up."""
+    fine = world.sim.instances["fine"]
+    out = []
+    for _ in range(jobs):
+        t0 = trio.current_time()
+        job = fine.add_job(duration=0.5)
+        await wait_for(lambda j=job: fine.task_for_job(j) is not None)  # type: ignore[misc]
+        out.append(trio.current_time() - t0)
+        await trio.sleep(7.3)
+    return out
+
+
+def declared(service: Service, name: str = "bad") -> bool:
+    """The connection ``name`` got past Declare."""
+    loop = service.loops.get(name)
+    return loop is not None and loop.declared
