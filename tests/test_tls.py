@@ -26,10 +26,10 @@ from scheduler.protocol import ssl_context
 from scheduler.sim import InstanceSpec, Simulator
 from tests.support.config import sim_connection, write_config
 from tests.support.fake_forgejo import FakeForgejo, fake_connection
-from tests.support.harness import running_service, world
+from tests.support.harness import running_service
 from tests.support.logs import lines
 from tests.support.metrics import metric
-from tests.support.pickup import PICKUP, declared, pickup_latencies
+from tests.support.pickup import PICKUP, beside_fine, declared, pickup_latencies
 from tests.support.polling import wait_for
 from tests.support.rawhttp import serve_raw
 
@@ -173,7 +173,7 @@ async def test_tls_failures_are_down_once_and_do_not_delay_the_others(
             "plaintext": sim_connection(plain, "p"),
         }
         bad["plaintext"]["url"] = plain.base_url("p").replace("http://", "https://")
-        async with world(bad, capacity=3) as w:
+        async with beside_fine(bad, capacity=3) as w:
             await trio.sleep(5)
             latencies = await pickup_latencies(w, jobs=6)
             await trio.sleep(180 - trio.current_time())

@@ -3,14 +3,34 @@ misbehaving servers: the promise is that a bad server does not slow the others d
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+
 import trio
 
 from scheduler.service import Service
-from tests.support.harness import World
+from scheduler.sim import InstanceSpec
+from tests.support.harness import World, world
 from tests.support.polling import wait_for
 
 #: Pickup within one fetch interval: 1 s + 10 % jitter (+ a poll step of the test).
 PICKUP = 1.2
+#: How long one exchange with a bad server may keep the runner waiting.
+FETCH_TIMEOUT = 30.0
+
+
+def beside_fine(bad: Mapping[str, Mapping[str, object]], *, capacity: int = 4,
+                fine: bool = True) -> AbstractAsyncContextManager[World]:
+    """The simulator's ``fine`` instance and a connection to each server in ``bad``;
+    a graceful stop at the end, after which no connection holds a slot.
+
+    Config and state live on tmpfs when there is one: the healthy connection writes its
+    request key (with fsync) twice a second of virtual time.
+    """
+    return world(None, [InstanceSpec("fine")], seed=5, capacity=capacity,
+                 connect=("fine",) if fine else (), others=bad, fetch_interval="1s",
+                 fetch_timeout=f"{FETCH_TIMEOUT:g}s", shutdown_timeout="2m", metrics=None,
+                 end="drain")
 
 
 async def pickup_latencies(world: World, jobs: int) -> list[float]:
