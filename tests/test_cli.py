@@ -10,8 +10,10 @@ from pathlib import Path
 import httpx
 import trio
 
-from scheduler.sim import FaultPlan, InstanceSpec, Simulator
+from scheduler.sim import FaultPlan, InstanceSpec
+from tests.support.config import sim_config
 from tests.support.daemon import CLI, ROOT, Daemon
+from tests.support.sim import running_sim
 
 
 def test_demo_json_report() -> None:
@@ -60,12 +62,10 @@ def test_check_config_redacts_and_fails_clearly(tmp_path: Path) -> None:
 
 
 async def test_run_daemon_serves_metrics_and_stops_on_sigterm(tmp_path: Path) -> None:
-    sim = Simulator([InstanceSpec("a", faults=FaultPlan(drop_after_assign=0.3)),
-                     InstanceSpec("b")], seed=5)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sim.serve, "127.0.0.1", 0)
-        config = sim.write_runner_config(tmp_path / "config.toml", capacity=2,
-                                         state_dir=tmp_path / "state", fetch_interval=0.2)
+    specs = InstanceSpec("a", faults=FaultPlan(drop_after_assign=0.3)), InstanceSpec("b")
+    async with running_sim(*specs, seed=5) as sim, trio.open_nursery() as nursery:
+        config = sim_config(tmp_path, sim, capacity=2, fetch_interval=0.2,
+                            metrics="127.0.0.1:0")
         for name in "ab":
             for _ in range(3):
                 sim.instances[name].add_job(duration=0.2)
@@ -93,11 +93,9 @@ async def test_run_daemon_serves_metrics_and_stops_on_sigterm(tmp_path: Path) ->
 
 
 async def test_second_sigterm_cancels_running_tasks_and_reports_them(tmp_path: Path) -> None:
-    sim = Simulator(["a"], seed=5)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sim.serve, "127.0.0.1", 0)
-        config = sim.write_runner_config(tmp_path / "config.toml", capacity=1,
-                                         state_dir=tmp_path / "state", fetch_interval=0.2)
+    async with running_sim("a", seed=5) as sim, trio.open_nursery() as nursery:
+        config = sim_config(tmp_path, sim, capacity=1, fetch_interval=0.2,
+                            metrics="127.0.0.1:0")
         sim.instances["a"].add_job(duration=300)
         daemon = Daemon(config)
         await daemon.start(nursery)

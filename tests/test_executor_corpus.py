@@ -33,8 +33,9 @@ from scheduler import __version__
 from scheduler.executor import HostExecutor, run_task
 from scheduler.protocol import Result, RunnerClient, TaskNeed
 from scheduler.report import RetryPolicy
-from scheduler.sim import InstanceSpec, Simulator
+from scheduler.sim import InstanceSpec
 from tests.support.repos import StaticServer, make_repository
+from tests.support.sim import running_sim
 
 CORPUS = Path(__file__).parent / "workflows"
 CASES = sorted(CORPUS.glob("*.yml"))
@@ -85,10 +86,9 @@ async def run_case(case: dict[str, Any], tmp_path: Path) -> Outcome:
         sha = make_repository(served, name, spec["files"], spec.get("tags", ["v1"]))
         values[f"SHA:{name}"] = sha
     server = StaticServer(served)
-    sim = Simulator([InstanceSpec("a", zombie_timeout=None)], seed=1)
     work = tmp_path / "work"
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sim.serve, "127.0.0.1", 0)
+    spec = InstanceSpec("a", zombie_timeout=None)
+    async with running_sim(spec, seed=1) as sim, trio.open_nursery() as nursery:
         values["ACTIONS_URL"] = await nursery.start(server.serve)
         inst = sim.instances["a"]
         workflow = substitute(case["workflow"], values)
