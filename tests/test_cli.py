@@ -13,6 +13,7 @@ import trio
 from scheduler.sim import FaultPlan, InstanceSpec
 from tests.support.config import sim_config
 from tests.support.daemon import CLI, ROOT, Daemon
+from tests.support.noloss import assert_no_loss
 from tests.support.sim import running_sim
 
 
@@ -84,8 +85,7 @@ async def test_run_daemon_serves_metrics_and_stops_on_sigterm(tmp_path: Path) ->
         code = await daemon.wait()
         nursery.cancel_scope.cancel()
     assert code == 0, daemon.log.decode()[-2000:]
-    snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    assert_no_loss(sim)
     for inst in sim.instances.values():
         token = inst.runner.token
         assert token.encode() not in daemon.log and token not in metrics

@@ -20,6 +20,7 @@ from scheduler.sim import FaultPlan, InstanceSpec
 from tests.support.config import sim_config
 from tests.support.daemon import Daemon
 from tests.support.harness import world
+from tests.support.noloss import assert_no_loss
 from tests.support.polling import wait_for
 from tests.support.sim import running_sim
 
@@ -50,7 +51,7 @@ async def test_kill9_after_assignment_before_the_answer(tmp_path: Path) -> None:
         assert await second.wait() == 0
         nursery.cancel_scope.cancel()
     snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    assert_no_loss(sim)
     assert snap["results"] == {"RESULT_SUCCESS": 1}
     assert b"retrying the request key left by the last run" in second.log
     assert KeyStore(tmp_path / "state", "a").load().pending is None
@@ -80,7 +81,7 @@ async def test_kill9_while_tasks_run_reports_them_failed_on_restart(tmp_path: Pa
         assert await second.wait() == 0
         nursery.cancel_scope.cancel()
     snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    assert_no_loss(sim)
     assert snap["results"] == {"RESULT_FAILURE": 2, "RESULT_SUCCESS": 1}
     for inst in sim.instances.values():
         for task in inst.tasks.values():
@@ -106,7 +107,7 @@ async def test_key_persisted_but_never_sent_behaves_as_a_fresh_request(
             assert task.request_key == "never-sent-key"
             service.request_stop()
             await wait_for(lambda: service.phase == "stopped", within=60)
-    assert sim.ledger.snapshot()["lost"] == 0
+    assert_no_loss(sim)
     assert KeyStore(tmp_path / "state", "a").load().pending is None
 
 
@@ -135,7 +136,8 @@ async def test_orphan_that_had_already_finished_is_settled_quietly(
             again.request_stop()
             await wait_for(lambda: again.phase == "stopped", within=60)
     snap = sim.ledger.snapshot()
-    assert snap["results"] == {"RESULT_SUCCESS": 2} and snap["duplicate_executions"] == 0
+    assert_no_loss(sim)
+    assert snap["results"] == {"RESULT_SUCCESS": 2}
     assert not any(RESTARTED in line for line in sim.instances["a"].tasks[task_id].log_lines)
     assert any("had already ended (success)" in r.message for r in caplog.records)
     assert not any("gave up" in r.message for r in caplog.records)

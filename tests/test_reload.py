@@ -16,6 +16,7 @@ from scheduler.sim import InstanceSpec, Simulator
 from tests.support.config import sim_config
 from tests.support.harness import world
 from tests.support.metrics import metric
+from tests.support.noloss import assert_no_loss
 from tests.support.polling import wait_for
 
 
@@ -91,7 +92,7 @@ async def test_reload_applies_capacity_weights_and_connections(
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped")
     snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    assert_no_loss(sim)
     assert snap["peak_outstanding"] <= 5
 
 

@@ -18,6 +18,7 @@ from scheduler.service import Service
 from scheduler.sim import FaultPlan, InstanceSpec
 from tests.support.harness import DEFAULT_EXECUTOR, world
 from tests.support.metrics import metric
+from tests.support.noloss import assert_no_loss
 from tests.support.polling import wait_for
 from tests.support.sim import running_sim
 
@@ -40,7 +41,7 @@ async def test_respond_then_drop_forgejo15_every_task_runs_exactly_once(
         await wait_for(lambda: sim.ledger.snapshot()["finished"] == 40)
         await drain(service)
         snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    assert_no_loss(sim)
     assert snap["peak_outstanding"] <= capacity
     assert snap["late_updates"] == 0  # no heartbeat lands after a final report
     assert sorted(executor.executed) == sorted(set(executor.executed))
@@ -113,8 +114,7 @@ async def test_unresolved_key_survives_a_crash_and_brings_the_task_back(
         async with world(tmp_path, [], capacity=2, sim=sim) as (_, service2, executor2):
             await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1)
             await drain(service2)
-    snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    assert_no_loss(sim)
     assert len(executor2.executed) == 1
     assert metric(service2, "tasks_recovered_total", connection="a") == 1
     assert metric(service2, "request_key_unresolved_since_timestamp_seconds", connection="a") == 0
@@ -136,7 +136,7 @@ async def test_more_tasks_than_slots_after_restart_are_reported_failed(
             await wait_for(lambda: sim.ledger.snapshot()["finished"] == 3)
             await drain(service)
     snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    assert_no_loss(sim)
     assert len(executor.executed) == 2
     assert metric(service, "tasks_rejected_total", connection="a") == 1
     assert snap["results"] == {"RESULT_FAILURE": 1, "RESULT_SUCCESS": 2}
@@ -230,7 +230,8 @@ async def test_shutdown_timeout_cancels_and_reports(
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped", within=60)
     snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["results"] == {"RESULT_CANCELLED": 1}
+    assert_no_loss(sim)
+    assert snap["results"] == {"RESULT_CANCELLED": 1}
 
 
 async def test_drain_keeps_retrying_an_unresolved_key(
@@ -247,7 +248,8 @@ async def test_drain_keeps_retrying_an_unresolved_key(
         await wait_for(lambda: service.phase == "stopped")
     assert ex.executed == list(sim.instances["a"].tasks)
     snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["results"] == {"RESULT_SUCCESS": 1}
+    assert_no_loss(sim)
+    assert snap["results"] == {"RESULT_SUCCESS": 1}
 
 
 async def test_container_labels_are_refused_clearly_by_the_default_executor(
