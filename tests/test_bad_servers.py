@@ -236,12 +236,12 @@ async def test_unreachable_servers_black_holed_or_refusing_for_minutes(
         hole_port = await servers.start(hole.serve)
         gone_scope = trio.CancelScope()
 
-        async def gone_for_a_while(*, task_status: trio.TaskStatus[None]) -> None:
+        async def gone_for_a_while(*, task_status: trio.TaskStatus[int]) -> None:
             with gone_scope:
                 await serve_raw(gone.handle, port=gone_port, task_status=task_status)
 
         await servers.start(gone_for_a_while)
-        conns = {
+        conns: dict[str, dict[str, object]] = {
             "hole": {"url": f"http://127.0.0.1:{hole_port}", "uuid": "u", "token": "b1ack" * 8},
             "refused": fake_connection(refused, refused_port),
             "gone": fake_connection(gone, gone_port),

@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from scheduler.keys import KeyStore, PendingFetch
-from scheduler.sim import FaultPlan, InstanceSpec
+from scheduler.sim import FaultPlan, InstanceSpec, SimTask
 from tests.support.config import sim_config
 from tests.support.daemon import Daemon
 from tests.support.harness import world
@@ -64,8 +64,11 @@ async def test_kill9_while_tasks_run_reports_them_failed_on_restart(tmp_path: Pa
         await first.start(nursery)
         for name in "ab":
             sim.instances[name].add_job(duration=3)
-        running = lambda: [t for i in sim.instances.values() for t in i.tasks.values()  # noqa: E731
-                           if t.updates and not t.done]
+
+        def running() -> list[SimTask]:
+            return [t for i in sim.instances.values() for t in i.tasks.values()
+                    if t.updates and not t.done]
+
         await wait_for(lambda: len(running()) == 2, within=60)
         first.kill9()
         await first.wait()

@@ -52,7 +52,7 @@ class Sink:
 
 
 def test_command_handler_applies_and_passes_every_line_on() -> None:
-    sink, shown = Sink(), []
+    sink, shown = Sink(), list[str]()
     handler = CommandHandler(sink, shown.append)
     lines = [
         "::set-output name=a::1%0A2",
