@@ -11,10 +11,9 @@ import httpx
 import trio
 
 from scheduler.sim import FaultPlan, InstanceSpec
-from tests.support.config import sim_config
-from tests.support.daemon import CLI, ROOT, Daemon
+from tests.support.daemon import CLI, ROOT
+from tests.support.harness import daemon_world
 from tests.support.noloss import assert_no_loss
-from tests.support.sim import running_sim
 
 
 def test_demo_json_report() -> None:
@@ -64,14 +63,12 @@ def test_check_config_redacts_and_fails_clearly(tmp_path: Path) -> None:
 
 async def test_run_daemon_serves_metrics_and_stops_on_sigterm(tmp_path: Path) -> None:
     specs = InstanceSpec("a", faults=FaultPlan(drop_after_assign=0.3)), InstanceSpec("b")
-    async with running_sim(*specs, seed=5) as sim, trio.open_nursery() as nursery:
-        config = sim_config(tmp_path, sim, capacity=2, fetch_interval=0.2,
-                            metrics="127.0.0.1:0")
+    async with daemon_world(tmp_path, specs, seed=5, capacity=2, fetch_interval=0.2) as w:
+        sim = w.sim
         for name in "ab":
             for _ in range(3):
                 sim.instances[name].add_job(duration=0.2)
-        daemon = Daemon(config)
-        await daemon.start(nursery)
+        daemon = await w.start()
         with trio.fail_after(60):
             while sim.ledger.snapshot()["finished"] < 6:
                 await trio.sleep(0.1)
@@ -83,7 +80,6 @@ async def test_run_daemon_serves_metrics_and_stops_on_sigterm(tmp_path: Path) ->
             in metrics
         daemon.signal(signal.SIGTERM)
         code = await daemon.wait()
-        nursery.cancel_scope.cancel()
     assert code == 0, daemon.log.decode()[-2000:]
     assert_no_loss(sim)
     for inst in sim.instances.values():
@@ -93,12 +89,10 @@ async def test_run_daemon_serves_metrics_and_stops_on_sigterm(tmp_path: Path) ->
 
 
 async def test_second_sigterm_cancels_running_tasks_and_reports_them(tmp_path: Path) -> None:
-    async with running_sim("a", seed=5) as sim, trio.open_nursery() as nursery:
-        config = sim_config(tmp_path, sim, capacity=1, fetch_interval=0.2,
-                            metrics="127.0.0.1:0")
+    async with daemon_world(tmp_path, ["a"], seed=5, capacity=1, fetch_interval=0.2) as w:
+        sim = w.sim
         sim.instances["a"].add_job(duration=300)
-        daemon = Daemon(config)
-        await daemon.start(nursery)
+        daemon = await w.start()
         with trio.fail_after(30):
             while not any(t.updates for t in sim.instances["a"].tasks.values()):
                 await trio.sleep(0.05)
@@ -106,6 +100,5 @@ async def test_second_sigterm_cancels_running_tasks_and_reports_them(tmp_path: P
         await trio.sleep(0.5)
         daemon.signal(signal.SIGTERM)  # cancel now
         code = await daemon.wait(within=30)
-        nursery.cancel_scope.cancel()
     assert code == 0
     assert sim.ledger.snapshot()["results"] == {"RESULT_CANCELLED": 1}

@@ -17,25 +17,20 @@ import trio.testing
 
 from scheduler.keys import KeyStore, PendingFetch
 from scheduler.sim import FaultPlan, InstanceSpec, SimTask
-from tests.support.config import sim_config
-from tests.support.daemon import Daemon
-from tests.support.harness import world
+from tests.support.harness import daemon_world, world
 from tests.support.noloss import assert_no_loss
 from tests.support.polling import wait_for
 from tests.support.sim import running_sim
 
 RESTARTED = "the runner restarted while this task was running"
-#: The daemon announces its metrics address once it serves (``Daemon.start`` waits for it).
-METRICS = "127.0.0.1:0"
 
 
 async def test_kill9_after_assignment_before_the_answer(tmp_path: Path) -> None:
     # The server assigns, then takes 30 s to answer: the process dies in between.
     spec = InstanceSpec("a", faults=FaultPlan(delay=30))
-    async with running_sim(spec, seed=1) as sim, trio.open_nursery() as nursery:
-        config = sim_config(tmp_path, sim, capacity=2, fetch_interval=0.2, metrics=METRICS)
-        first = Daemon(config)
-        await first.start(nursery)
+    async with daemon_world(tmp_path, [spec], seed=1, capacity=2, fetch_interval=0.2) as w:
+        sim = w.sim
+        first = await w.start()
         sim.instances["a"].add_job(duration=0.3)
         await wait_for(lambda: sim.ledger.snapshot()["assigned"] == 1, within=60)
         first.kill9()
@@ -44,12 +39,10 @@ async def test_kill9_after_assignment_before_the_answer(tmp_path: Path) -> None:
         assert pending is not None  # the key was on disk before the request went out
 
         sim.instances["a"].set_faults(FaultPlan())
-        second = Daemon(config)
-        await second.start(nursery)
+        second = await w.start()
         await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1, within=60)
         second.signal(signal.SIGTERM)
         assert await second.wait() == 0
-        nursery.cancel_scope.cancel()
     snap = sim.ledger.snapshot()
     assert_no_loss(sim)
     assert snap["results"] == {"RESULT_SUCCESS": 1}
@@ -58,31 +51,28 @@ async def test_kill9_after_assignment_before_the_answer(tmp_path: Path) -> None:
 
 
 async def test_kill9_while_tasks_run_reports_them_failed_on_restart(tmp_path: Path) -> None:
-    async with running_sim("a", "b", seed=1) as sim, trio.open_nursery() as nursery:
-        config = sim_config(tmp_path, sim, capacity=3, fetch_interval=0.2, metrics=METRICS)
-        first = Daemon(config)
-        await first.start(nursery)
+    async with daemon_world(tmp_path, ["a", "b"], seed=1, capacity=3, fetch_interval=0.2) as w:
+        sim = w.sim
+        first = await w.start()
         for name in "ab":
             sim.instances[name].add_job(duration=3)
 
-        def running() -> list[SimTask]:
+        def running_tasks() -> list[SimTask]:
             return [t for i in sim.instances.values() for t in i.tasks.values()
                     if t.updates and not t.done]
 
-        await wait_for(lambda: len(running()) == 2, within=60)
+        await wait_for(lambda: len(running_tasks()) == 2, within=60)
         first.kill9()
         await first.wait()
-        orphans = {t.id for t in running()}
+        orphans = {t.id for t in running_tasks()}
 
-        second = Daemon(config)
-        await second.start(nursery)
+        second = await w.start()
         await wait_for(lambda: all(sim.instances[n].tasks[t].done for n in "ab"
                                 for t in sim.instances[n].tasks if t in orphans), within=60)
         sim.instances["a"].add_job(duration=0.2)  # and it goes on working
         await wait_for(lambda: sim.ledger.snapshot()["finished"] == 3, within=60)
         second.signal(signal.SIGTERM)
         assert await second.wait() == 0
-        nursery.cancel_scope.cancel()
     snap = sim.ledger.snapshot()
     assert_no_loss(sim)
     assert snap["results"] == {"RESULT_FAILURE": 2, "RESULT_SUCCESS": 1}

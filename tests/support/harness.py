@@ -10,8 +10,12 @@ world ends is chosen with ``end``:
 * ``"drain"``: a graceful stop, after which no connection may hold a slot;
 * ``"crash"``: the service is just cancelled, as if the process had been killed; a
   second ``world`` over the same ``home`` and ``sim`` is the restart (its key store and
-  state are where the first left them). The subprocess variant, a real ``kill -9``, is
-  :class:`tests.support.daemon.Daemon`.
+  state are where the first left them).
+
+The subprocess variant, for a real ``kill -9`` or real signals, is
+:func:`daemon_world`: the simulator and a config for it, and as many daemons started
+one after the other on that config (and so on the same state directory) as the test
+wants.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from scheduler.protocol import RunnerClient
 from scheduler.service import ClientFactory, Service
 from scheduler.sim import InstanceSpec, Simulator
 from tests.support.config import Duration, sim_config
+from tests.support.daemon import Daemon
 from tests.support.polling import wait_for
 from tests.support.sim import running_sim
 
@@ -143,3 +148,37 @@ async def world(
                 await wait_for(lambda: service.phase == "stopped")
                 for conn in service.config.connections:
                     assert service.ledger.held(conn.name) == 0, conn.name
+
+
+@attrs.frozen
+class DaemonWorld:
+    """The simulator and a config for it; :meth:`start` runs a daemon on that config."""
+
+    sim: Simulator
+    config: Path
+    nursery: trio.Nursery
+
+    async def start(self) -> Daemon:
+        """One more ``forgejo-scheduler run`` (a restart, after a kill), once it serves."""
+        daemon = Daemon(self.config)
+        await daemon.start(self.nursery)
+        return daemon
+
+
+@asynccontextmanager
+async def daemon_world(
+    home: Path,
+    specs: Sequence[InstanceSpec | str] = (),
+    *,
+    capacity: int,
+    seed: int = 7,
+    fetch_interval: Duration = "1s",
+) -> AsyncIterator[DaemonWorld]:
+    """The simulator (``specs`` with ``seed``) and ``home/config.toml`` for all its
+    instances, with the metrics server on (a daemon announces its address, and
+    :meth:`Daemon.start` waits for that). Daemons still running at the end are killed."""
+    async with running_sim(*specs, seed=seed) as sim, trio.open_nursery() as nursery:
+        config = sim_config(home, sim, capacity=capacity, fetch_interval=fetch_interval,
+                            metrics="127.0.0.1:0")
+        yield DaemonWorld(sim, config, nursery)
+        nursery.cancel_scope.cancel()
