@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzz soak: the fuzz tests with the hypothesis "soak" profile (20x the CI example counts,
-# see tests/conftest.py), with hypothesis' statistics so the case counts are printed.
+# see tests/support/profiles.py), with hypothesis' statistics so the case counts are printed.
 #
 #   scripts/fuzz-soak.sh                 # all fuzz tests
 #   scripts/fuzz-soak.sh -k config       # extra pytest arguments pass through

@@ -20,11 +20,8 @@ TLS failures (plain HTTP behind https://, a self-signed certificate) are in
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from functools import partial
-from pathlib import Path
-from typing import Any
 
 import attrs
 import pytest
@@ -33,90 +30,12 @@ import trio.testing
 
 from scheduler.protocol import RunnerClient, TransportFailure
 from scheduler.service import Service
-from scheduler.sim import InstanceSpec, SimInstance, Simulator
-from tests.conftest import (
-    FakeForgejo,
-    RawRequest,
-    Stream,
-    fake_connection,
-    fast_tmpdir,
-    metric,
-    running,
-    serve_raw,
-    sim_connection,
-    wait_for,
-    write_config,
-)
-
-FETCH_TIMEOUT = 30.0
-#: Pickup within one fetch interval: 1 s + 10 % jitter (+ a poll step of the test).
-PICKUP = 1.2
-
-
-@attrs.define
-class World:
-    sim: Simulator
-    service: Service
-    nursery: trio.Nursery
-
-    @property
-    def fine(self) -> SimInstance:
-        return self.sim.instances["fine"]
-
-
-@asynccontextmanager
-async def world(bad: dict[str, dict[str, Any]], *, capacity: int = 4, fine: bool = True,
-                ) -> AsyncIterator[World]:
-    """The simulator's ``fine`` instance and a connection to each server in ``bad``.
-
-    Config and state live on tmpfs when there is one: the healthy connection writes its
-    request key (with fsync) twice a second of virtual time.
-    """
-    with fast_tmpdir() as tmp:
-        async with _world(Path(tmp), bad, capacity=capacity, fine=fine) as w:
-            yield w
-
-
-@asynccontextmanager
-async def _world(home: Path, bad: dict[str, dict[str, Any]], *, capacity: int, fine: bool,
-                 ) -> AsyncIterator[World]:
-    async with trio.open_nursery() as nursery:
-        sim = Simulator([InstanceSpec("fine")], seed=5)
-        await nursery.start(sim.serve, "127.0.0.1", 0)
-        conns = {"fine": sim_connection(sim, "fine")} if fine else {}
-        conns.update(bad)
-        config = write_config(home / "config.toml", conns, capacity=capacity,
-                              fetch_interval="1s", fetch_timeout=f"{FETCH_TIMEOUT:g}s",
-                              shutdown_timeout="2m")
-        async with running(config) as service:
-            yield World(sim, service, nursery)
-            service.request_stop()
-            await wait_for(lambda: service.phase == "stopped")
-            for name in conns:
-                assert service.ledger.held(name) == 0, name
-        nursery.cancel_scope.cancel()
-
-
-async def pickup_latencies(world: World, jobs: int) -> list[float]:
-    """Queue jobs on the healthy instance one by one; how long until each is picked up."""
-    out = []
-    for _ in range(jobs):
-        t0 = trio.current_time()
-        job = world.fine.add_job(duration=0.5)
-        await wait_for(lambda j=job: world.fine.task_for_job(j) is not None)  # type: ignore[misc]
-        out.append(trio.current_time() - t0)
-        await trio.sleep(7.3)
-    return out
-
-
-def declared(service: Service, name: str = "bad") -> bool:
-    loop = service.loops.get(name)
-    return loop is not None and loop.declared
-
-
-def lines(caplog: pytest.LogCaptureFixture, start: str, level: int = logging.WARNING) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.levelno == level and r.getMessage().startswith(start)]
+from tests.support.fake_forgejo import FakeForgejo, fake_connection
+from tests.support.logs import lines
+from tests.support.metrics import metric
+from tests.support.pickup import FETCH_TIMEOUT, PICKUP, beside_fine, declared, pickup_latencies
+from tests.support.polling import wait_for
+from tests.support.rawhttp import RawRequest, Stream, serve_raw
 
 
 def fetches(service: Service, outcome: str, name: str = "bad") -> float:
@@ -216,7 +135,7 @@ async def test_five_bad_fetch_answers_at_once_are_bounded_counted_logged_and_iso
         for name, fake in fakes.items():
             port = await servers.start(serve_raw, fake.handle)
             conns[name] = fake_connection(fake, port)
-        async with world(conns, capacity=6) as w:
+        async with beside_fine(conns, capacity=6) as w:
             await wait_for(lambda: all(declared(w.service, n) for n in fakes))
             timed = {name: Timed(FETCH_CASES[name][0]) for name in fakes}
             for name, fake in fakes.items():
@@ -255,7 +174,7 @@ async def test_unknown_fetch_outcome_is_logged_once_per_state_change(
     fake = FakeForgejo()
     async with trio.open_nursery() as servers:
         port = await servers.start(serve_raw, fake.handle)
-        async with world({"bad": fake_connection(fake, port)}, fine=False) as w:
+        async with beside_fine({"bad": fake_connection(fake, port)}, fine=False) as w:
             await wait_for(lambda: declared(w.service))
             fake.fetch = wrong_content_type
             await trio.sleep(300)
@@ -317,17 +236,17 @@ async def test_unreachable_servers_black_holed_or_refusing_for_minutes(
         hole_port = await servers.start(hole.serve)
         gone_scope = trio.CancelScope()
 
-        async def gone_for_a_while(*, task_status: trio.TaskStatus[None]) -> None:
+        async def gone_for_a_while(*, task_status: trio.TaskStatus[int]) -> None:
             with gone_scope:
                 await serve_raw(gone.handle, port=gone_port, task_status=task_status)
 
         await servers.start(gone_for_a_while)
-        conns = {
+        conns: dict[str, dict[str, object]] = {
             "hole": {"url": f"http://127.0.0.1:{hole_port}", "uuid": "u", "token": "b1ack" * 8},
             "refused": fake_connection(refused, refused_port),
             "gone": fake_connection(gone, gone_port),
         }
-        async with world(conns, capacity=4) as w:
+        async with beside_fine(conns, capacity=4) as w:
             await wait_for(lambda: declared(w.service, "gone"))
             gone_scope.cancel()  # its port now refuses connections
             await wait_for(lambda: fetches(w.service, "error", "gone") >= 1)
@@ -345,8 +264,9 @@ async def test_unreachable_servers_black_holed_or_refusing_for_minutes(
             await servers.start(partial(serve_raw, gone.handle, port=gone_port))
             await wait_for(lambda: service.loops["gone"].pending is None and metric(
                 service, "connection_up", connection="refused") == 1, within=120)
-            job = w.fine.add_job(duration=1)
-            await wait_for(lambda: w.fine.task_for_job(job) is not None)
+            fine = w.sim.instances["fine"]
+            job = fine.add_job(duration=1)
+            await wait_for(lambda: fine.task_for_job(job) is not None)
         servers.cancel_scope.cancel()
     assert len(hole.held_for) >= 4
     assert max(hole.held_for) <= FETCH_TIMEOUT + 0.1, hole.held_for

@@ -10,8 +10,10 @@ from pathlib import Path
 import httpx
 import trio
 
-from scheduler.sim import FaultPlan, InstanceSpec, Simulator
-from tests.daemon import CLI, ROOT, Daemon
+from scheduler.sim import FaultPlan, InstanceSpec
+from tests.support.daemon import CLI, ROOT
+from tests.support.harness import daemon_world
+from tests.support.noloss import assert_no_loss
 
 
 def test_demo_json_report() -> None:
@@ -60,17 +62,13 @@ def test_check_config_redacts_and_fails_clearly(tmp_path: Path) -> None:
 
 
 async def test_run_daemon_serves_metrics_and_stops_on_sigterm(tmp_path: Path) -> None:
-    sim = Simulator([InstanceSpec("a", faults=FaultPlan(drop_after_assign=0.3)),
-                     InstanceSpec("b")], seed=5)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sim.serve, "127.0.0.1", 0)
-        config = sim.write_runner_config(tmp_path / "config.toml", capacity=2,
-                                         state_dir=tmp_path / "state", fetch_interval=0.2)
+    specs = InstanceSpec("a", faults=FaultPlan(drop_after_assign=0.3)), InstanceSpec("b")
+    async with daemon_world(tmp_path, specs, seed=5, capacity=2, fetch_interval=0.2) as w:
+        sim = w.sim
         for name in "ab":
             for _ in range(3):
                 sim.instances[name].add_job(duration=0.2)
-        daemon = Daemon(config)
-        await daemon.start(nursery)
+        daemon = await w.start()
         with trio.fail_after(60):
             while sim.ledger.snapshot()["finished"] < 6:
                 await trio.sleep(0.1)
@@ -82,10 +80,8 @@ async def test_run_daemon_serves_metrics_and_stops_on_sigterm(tmp_path: Path) ->
             in metrics
         daemon.signal(signal.SIGTERM)
         code = await daemon.wait()
-        nursery.cancel_scope.cancel()
     assert code == 0, daemon.log.decode()[-2000:]
-    snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    assert_no_loss(sim)
     for inst in sim.instances.values():
         token = inst.runner.token
         assert token.encode() not in daemon.log and token not in metrics
@@ -93,14 +89,10 @@ async def test_run_daemon_serves_metrics_and_stops_on_sigterm(tmp_path: Path) ->
 
 
 async def test_second_sigterm_cancels_running_tasks_and_reports_them(tmp_path: Path) -> None:
-    sim = Simulator(["a"], seed=5)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sim.serve, "127.0.0.1", 0)
-        config = sim.write_runner_config(tmp_path / "config.toml", capacity=1,
-                                         state_dir=tmp_path / "state", fetch_interval=0.2)
+    async with daemon_world(tmp_path, ["a"], seed=5, capacity=1, fetch_interval=0.2) as w:
+        sim = w.sim
         sim.instances["a"].add_job(duration=300)
-        daemon = Daemon(config)
-        await daemon.start(nursery)
+        daemon = await w.start()
         with trio.fail_after(30):
             while not any(t.updates for t in sim.instances["a"].tasks.values()):
                 await trio.sleep(0.05)
@@ -108,6 +100,5 @@ async def test_second_sigterm_cancels_running_tasks_and_reports_them(tmp_path: P
         await trio.sleep(0.5)
         daemon.signal(signal.SIGTERM)  # cancel now
         code = await daemon.wait(within=30)
-        nursery.cancel_scope.cancel()
     assert code == 0
     assert sim.ledger.snapshot()["results"] == {"RESULT_CANCELLED": 1}

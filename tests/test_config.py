@@ -23,6 +23,7 @@ from scheduler.config import (
     render_config,
     token_file_warning,
 )
+from tests.support.config import toml_tables
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -547,7 +548,7 @@ def test_the_documented_message_shape(tmp_path: Path) -> None:
     d = base()
     conn(d)["max_slots"] = 7
     with pytest.raises(ConfigError) as info:
-        load_config(write(tmp_path / "config.toml", _toml(d)), env=ENV)
+        load_config(write(tmp_path / "config.toml", toml_tables(d)), env=ENV)
     assert str(info.value) == (
         f"{tmp_path / 'config.toml'}: connections.a.max_slots: "
         "expected an integer between 1 and capacity (4), got 7"
@@ -756,29 +757,6 @@ def test_token_never_appears_in_errors_repr_or_rendering(tmp_path: Path) -> None
 # Loading files
 
 
-def _toml(d: Data) -> str:
-    """Just enough TOML writing for these tests' dicts."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return '"' + v + '"'
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return repr(v)
-
-    lines: list[str] = []
-    for section in ("runner", "metrics"):
-        if section in d:
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {value(v)}" for k, v in d[section].items()]
-    for name, table in d.get("connections", {}).items():
-        lines.append(f'[connections."{name}"]')
-        lines += [f"{k} = {value(v)}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
-
-
 def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope\.toml: configuration file not found$"):
         load_config(tmp_path / "nope.toml", env=ENV)
@@ -790,7 +768,7 @@ def test_load_directory(tmp_path: Path) -> None:
 
 
 def test_load_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(tmp_path / "config.toml", _toml(base()))
+    path = write(tmp_path / "config.toml", toml_tables(base()))
     _deny_reading(path, monkeypatch)
     with pytest.raises(ConfigError, match="cannot read configuration file: permission denied"):
         load_config(path, env=ENV)
@@ -829,7 +807,7 @@ def test_load_resolves_paths_against_the_file_not_the_cwd(
     d = base()
     d["runner"]["state_dir"] = "var/state"
     conn(d)["ca_file"] = "ca.pem"
-    path = write(etc / "config.toml", _toml(d))
+    path = write(etc / "config.toml", toml_tables(d))
     monkeypatch.chdir(tmp_path)
     cfg = load_config(Path("etc/config.toml"), env=ENV)
     assert cfg.runner.state_dir == etc / "var" / "state"

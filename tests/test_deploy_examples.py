@@ -31,7 +31,7 @@ from scheduler.config import Config, parse_config
 from scheduler.durations import parse_duration
 from scheduler.sim.cli import add_arguments as sim_arguments
 from scheduler.task.lifecycle import SHUTDOWN_REPORT_TIMEOUT
-from tests.test_sim_support import running
+from tests.support.sim import running_sim
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -229,7 +229,7 @@ async def test_compose_sim_config_would_load(tmp_path: Path) -> None:
     args = argparse.ArgumentParser()
     sim_arguments(args)
     parsed = args.parse_args(compose("compose.sim.yaml")["services"]["forgejo"]["command"])
-    async with running(*parsed.instances) as sim:
+    async with running_sim(*parsed.instances) as sim:
         path = sim.write_runner_config(
             tmp_path / "config.toml",
             capacity=parsed.capacity,

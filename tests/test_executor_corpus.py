@@ -32,10 +32,11 @@ import yaml
 from scheduler import __version__
 from scheduler.executor import HostExecutor
 from scheduler.protocol import Result, RunnerClient, TaskNeed
-from scheduler.sim import InstanceSpec, Simulator
+from scheduler.sim import InstanceSpec
 from scheduler.task.lifecycle import run_task
 from scheduler.task.reporter import RetryPolicy
-from tests.test_executor_support import StaticServer, make_repository
+from tests.support.repos import StaticServer, make_repository
+from tests.support.sim import running_sim
 
 CORPUS = Path(__file__).parent / "workflows"
 CASES = sorted(CORPUS.glob("*.yml"))
@@ -86,10 +87,9 @@ async def run_case(case: dict[str, Any], tmp_path: Path) -> Outcome:
         sha = make_repository(served, name, spec["files"], spec.get("tags", ["v1"]))
         values[f"SHA:{name}"] = sha
     server = StaticServer(served)
-    sim = Simulator([InstanceSpec("a", zombie_timeout=None)], seed=1)
     work = tmp_path / "work"
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sim.serve, "127.0.0.1", 0)
+    spec = InstanceSpec("a", zombie_timeout=None)
+    async with running_sim(spec, seed=1) as sim, trio.open_nursery() as nursery:
         values["ACTIONS_URL"] = await nursery.start(server.serve)
         inst = sim.instances["a"]
         workflow = substitute(case["workflow"], values)

@@ -14,7 +14,7 @@ from scheduler.executor.command_files import parse_env_file
 from scheduler.executor.hashfiles import HashFilesError, hash_files
 from scheduler.executor.host import pick_label
 from scheduler.executor.workflow import WorkflowError, parse_workflow
-from tests.test_executor_support import StaticServer, make_repository
+from tests.support.repos import StaticServer, make_repository
 
 # --- command files ---------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import json
 import math
 import os
 import random
@@ -26,8 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scheduler.config import _NAME_RE, Config, ConfigError, _toml_key, load_config, parse_config
-from tests.conftest import examples
-from tests.test_fuzz_strategies import seeds
+from tests.support.config import toml_pairs
+from tests.support.profiles import examples
+from tests.support.strategies import seeds
 
 # A generated body can be megabytes: hypothesis may warn that its repr is large, which
 # the suite's "warnings are errors" would turn into a failure of a passing example.
@@ -272,29 +272,9 @@ def test_seeded_edits_give_a_config_or_a_config_error_naming_the_key(
 # --- through real TOML files ----------------------------------------------------------
 
 
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a TOML basic string
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    items = (f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items())
-    return "{" + ", ".join(items) + "}"
-
-
 def toml_text(doc: dict[str, Any]) -> str:
-    return "\n".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in doc.items()) + "\n"
+    """Every key at the top level, each table inline."""
+    return "\n".join(toml_pairs(doc)) + "\n"
 
 
 @settings(FAST, max_examples=examples(250))

@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scheduler.protocol import LogRow, RpcError, RunnerClient, TaskState, TransportFailure
-from tests.conftest import RawRequest, Stream, examples, serve_raw
-from tests.test_fuzz_strategies import (
+from tests.support.profiles import examples
+from tests.support.rawhttp import RawRequest, Stream, serve_raw
+from tests.support.strategies import (
     FETCH_TEMPLATES,
     UPDATE_LOG_TEMPLATES,
     UPDATE_TASK_TEMPLATES,

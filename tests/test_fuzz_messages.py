@@ -34,8 +34,8 @@ from scheduler.protocol import (
     UpdateTaskResponse,
 )
 from scheduler.protocol.messages import decode_ack_index, decode_runner_response, decode_time
-from tests.conftest import examples
-from tests.test_fuzz_strategies import (
+from tests.support.profiles import examples
+from tests.support.strategies import (
     DECLARE_TEMPLATES,
     FETCH_TEMPLATES,
     INT64_MAX,

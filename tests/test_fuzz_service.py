@@ -37,21 +37,13 @@ from scheduler.protocol import (
     RunnerClient,
     TaskState,
 )
-from tests.conftest import (
-    FakeForgejo,
-    RawRequest,
-    Stream,
-    examples,
-    fake_connection,
-    fast_tmpdir,
-    http_response,
-    plain_http_client,
-    running,
-    serve_raw,
-    wait_for,
-    write_config,
-)
-from tests.test_fuzz_strategies import (
+from tests.support.config import write_config
+from tests.support.fake_forgejo import FakeForgejo, fake_connection
+from tests.support.harness import fast_tmpdir, plain_http_client, running_service
+from tests.support.polling import wait_for
+from tests.support.profiles import examples
+from tests.support.rawhttp import RawRequest, Stream, http_response, serve_raw
+from tests.support.strategies import (
     FETCH_TEMPLATES,
     UPDATE_LOG_TEMPLATES,
     UPDATE_TASK_TEMPLATES,
@@ -190,7 +182,7 @@ async def scenario(root: Path, scripts: list[list[Step]], noise: list[list[bytes
             conns[name] = fake_connection(fake, port)
         config = write_config(root / "config.toml", conns, capacity=CAPACITY,
                               fetch_interval="2s", fetch_timeout="10s", shutdown_timeout="5m")
-        async with running(config, client_factory=plain_http_client) as service:
+        async with running_service(config, client_factory=plain_http_client) as service:
             await wait_for(lambda: all(not s.script for s in servers.values()), within=7200,
                            poll=1)
             # Let what the last answers started finish, then drain.

@@ -18,10 +18,11 @@ from scheduler.config import load_config
 from scheduler.onboard import OnboardError
 from scheduler.onboard.forgejo_runner import go_duration
 from scheduler.onboard.import_config import import_config
-from tests.conftest import plain_http_client, running, wait_for
-from tests.daemon import CLI, ROOT
-from tests.test_register import no_metrics
-from tests.test_sim_support import running as sim_running
+from tests.support.config import no_metrics
+from tests.support.daemon import CLI, ROOT
+from tests.support.harness import plain_http_client, running_service
+from tests.support.polling import wait_for
+from tests.support.sim import running_sim
 
 DATA = ROOT / "tests" / "data" / "forgejo-runner"
 RUNNER_TOKEN = json.loads((DATA / ".runner").read_text())["token"]
@@ -203,7 +204,7 @@ def test_go_durations() -> None:
 
 async def test_imported_runner_file_fetches_from_the_simulator(tmp_path: Path) -> None:
     """A forgejo-runner registration moves over: the service fetches as that runner."""
-    async with sim_running("a") as sim:
+    async with running_sim("a") as sim:
         inst = sim.instances["a"]
         runner_file = tmp_path / ".runner"
         runner_file.write_text(json.dumps({
@@ -215,7 +216,7 @@ async def test_imported_runner_file_fetches_from_the_simulator(tmp_path: Path) -
         import_config(None, runner_file, out)
         job = inst.add_job(runs_on=("sim",), duration=0.1)
         no_metrics(out)
-        async with running(out, client_factory=plain_http_client):
+        async with running_service(out, client_factory=plain_http_client):
             await wait_for(lambda: (t := inst.task_for_job(job)) is not None and t.done,
                            within=30)
         task = inst.task_for_job(job)

@@ -54,6 +54,7 @@ def test_corrupt_file_is_set_aside(tmp_path: Path) -> None:
 def test_bad_record_shapes_are_rejected(tmp_path: Path) -> None:
     store = KeyStore(tmp_path, "a")
     store.load()
+    bad: object
     for bad in (
         {"version": 2},
         {"version": 1, "pending": {"key": "", "task_capacity": 1, "tasks_version": 0}},

@@ -15,9 +15,10 @@ from scheduler.config import load_config
 from scheduler.onboard import OnboardError
 from scheduler.onboard.register import RegisterArgs, register
 from scheduler.sim import Simulator
-from tests.conftest import plain_http_client, running, wait_for
-from tests.daemon import CLI, ROOT
-from tests.test_sim_support import running as sim_running
+from tests.support.daemon import CLI, ROOT
+from tests.support.harness import plain_http_client, running_service
+from tests.support.polling import wait_for
+from tests.support.sim import running_sim
 
 EXAMPLE = (ROOT / "config.toml").read_text()
 
@@ -56,7 +57,7 @@ async def test_register_appends_table_and_keeps_every_other_byte(tmp_path: Path)
     config = tmp_path / "config.toml"
     config.write_text(EXAMPLE)
     config.chmod(0o640)
-    async with sim_running("a") as sim:
+    async with running_sim("a") as sim:
         done = await register(args(sim, tmp_path, config))
         inst = sim.instances["a"]
         runner = inst.runners[done.uuid]
@@ -85,7 +86,7 @@ async def test_register_appends_table_and_keeps_every_other_byte(tmp_path: Path)
 async def test_new_config_then_the_service_fetches_as_the_new_runner(tmp_path: Path) -> None:
     config = tmp_path / "etc" / "config.toml"
     config.parent.mkdir()
-    async with sim_running("a") as sim:
+    async with running_sim("a") as sim:
         done = await register(args(sim, tmp_path, config))
         assert done.created_config
         loaded = load_config(config, env={})
@@ -93,7 +94,7 @@ async def test_new_config_then_the_service_fetches_as_the_new_runner(tmp_path: P
         assert loaded.runner.capacity == 1 and loaded.runner.state_dir == config.parent / "state"
         job = sim.instances["a"].add_job(runs_on=("sim",), duration=0.1)
         no_metrics(config)
-        async with running(config, client_factory=plain_http_client):
+        async with running_service(config, client_factory=plain_http_client):
             inst = sim.instances["a"]
             await wait_for(lambda: (t := inst.task_for_job(job)) is not None and t.done,
                            within=30)
@@ -105,7 +106,7 @@ async def test_new_config_then_the_service_fetches_as_the_new_runner(tmp_path: P
 async def test_existing_connection_needs_force(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(EXAMPLE)
-    async with sim_running("a") as sim:
+    async with running_sim("a") as sim:
         with pytest.raises(OnboardError) as err:
             await register(args(sim, tmp_path, config, connection="internal"))
         message = str(err.value)
@@ -137,7 +138,7 @@ async def test_refused_registration_token_changes_nothing(tmp_path: Path) -> Non
     config.write_text(EXAMPLE)
     bad = tmp_path / "wrong-token"
     bad.write_text("0123456789abcdef0123456789abcdef01234567\n")
-    async with sim_running("a") as sim:
+    async with running_sim("a") as sim:
         with pytest.raises(OnboardError) as err:
             await register(args(sim, tmp_path, config, token_file=str(bad)))
     message = str(err.value)
@@ -166,7 +167,7 @@ async def test_local_problems_are_found_before_the_server_is_asked(
     config = tmp_path / "config.toml"
     text = str(change.pop("config_text", EXAMPLE))
     config.write_text(text)
-    async with sim_running("a") as sim:
+    async with running_sim("a") as sim:
         with pytest.raises(OnboardError) as err:
             await register(args(sim, tmp_path, config, **change))
         assert "Register" not in sim.instances["a"].rpc_counts
@@ -177,14 +178,14 @@ async def test_local_problems_are_found_before_the_server_is_asked(
 async def test_empty_registration_token_file(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_text("\n")
-    async with sim_running("a") as sim:
+    async with running_sim("a") as sim:
         expected = re.escape(f"registration token file {empty} is empty")
         with pytest.raises(OnboardError, match=expected):
             await register(args(sim, tmp_path, tmp_path / "c.toml", token_file=str(empty)))
 
 
 async def test_wrong_path_is_no_runner_api(tmp_path: Path) -> None:
-    async with sim_running("a") as sim:
+    async with running_sim("a") as sim:
         url = sim.base_url("a") + "/not-forgejo"
         with pytest.raises(OnboardError, match="no runner API at this URL") as err:
             await register(args(sim, tmp_path, tmp_path / "c.toml", url=url))
@@ -193,7 +194,7 @@ async def test_wrong_path_is_no_runner_api(tmp_path: Path) -> None:
 
 
 async def test_unreachable_server(tmp_path: Path) -> None:
-    async with sim_running("a") as sim:
+    async with running_sim("a") as sim:
         a = args(sim, tmp_path, tmp_path / "c.toml", url="http://127.0.0.1:9", timeout=5.0)
     expected = re.escape("http://127.0.0.1:9: Register: no usable answer")
     with pytest.raises(OnboardError, match=expected):
@@ -205,7 +206,7 @@ async def test_symlinked_config_stays_a_symlink(tmp_path: Path) -> None:
     real.write_text("# mine\n[runner]\ncapacity = 2\nlabels = [\"sim:host\"]\n")
     link = tmp_path / "config.toml"
     link.symlink_to(real)
-    async with sim_running("a") as sim:
+    async with running_sim("a") as sim:
         await register(args(sim, tmp_path, link, labels=None))
     assert link.is_symlink() and "[connections.sim]" in real.read_text()
     assert real.read_text().startswith("# mine\n[runner]\ncapacity = 2\n")
@@ -216,7 +217,7 @@ async def test_cli_register_then_check_config(tmp_path: Path) -> None:
     """The real command as a process: nothing secret on its output, and check-config
     accepts the result."""
     config = tmp_path / "config.toml"
-    async with sim_running("a") as sim:
+    async with running_sim("a") as sim:
         reg = registration_token(sim, tmp_path)
         argv = [*CLI, "register", "--config", str(config), "--connection", "sim",
                 "--url", sim.base_url("a"), "--token-file", str(reg),

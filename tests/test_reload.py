@@ -11,25 +11,21 @@ import trio
 import trio.testing
 
 from scheduler.config import load_config
-from scheduler.executor.simulated import SimulatedExecutor
 from scheduler.reload import plan_reload
-from scheduler.service import Service
 from scheduler.sim import InstanceSpec, Simulator
-from tests.conftest import metric, wait_for
+from tests.support.config import sim_config
+from tests.support.harness import world
+from tests.support.metrics import metric
+from tests.support.noloss import assert_no_loss
+from tests.support.polling import wait_for
 
 
 def write(sim: Simulator, tmp_path: Path, *, capacity: int,
           connections: dict[str, dict[str, Any]], only: set[str] | None = None) -> Path:
-    path = sim.write_runner_config(tmp_path / "config.toml", capacity=capacity,
-                                   state_dir=tmp_path / "state", fetch_interval=1.0,
-                                   connections=connections)
-    if only is not None:
-        # drop the tables of instances not wanted in this config
-        text = path.read_text().split("\n\n")
-        keep = [t for t in text if not t.startswith("[connections.")
-                or t.split("]")[0].removeprefix("[connections.") in only]
-        path.write_text("\n\n".join(keep))
-    return path
+    """``tmp_path/config.toml`` for the instances ``only`` (all by default)."""
+    names = [n for n in sim.instances if only is None or n in only]
+    return sim_config(tmp_path, sim, capacity=capacity, connect=names, tuning=connections,
+                      fetch_interval=1.0, metrics="127.0.0.1:0")
 
 
 def test_plan_keeps_what_cannot_change_live(tmp_path: Path) -> None:
@@ -55,12 +51,9 @@ async def test_reload_applies_capacity_weights_and_connections(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    sim = Simulator([InstanceSpec(n) for n in "abc"], seed=2)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sim.serve, "127.0.0.1", 0)
-        path = write(sim, tmp_path, capacity=2, connections={}, only={"a", "b"})
-        service = Service(load_config(path), executor=SimulatedExecutor(), seed=1)
-        await nursery.start(service.run)
+    async with world(tmp_path, ["a", "b", "c"], seed=2, capacity=2, connect=("a", "b"),
+                     service_seed=1) as w:
+        sim, service, path = w.sim, w.service, w.config
         for n in "abc":
             for _ in range(100):
                 sim.instances[n].add_job(duration=20)
@@ -98,21 +91,17 @@ async def test_reload_applies_capacity_weights_and_connections(
                    for r in caplog.records)
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped")
-        nursery.cancel_scope.cancel()
     snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    assert_no_loss(sim)
     assert snap["peak_outstanding"] <= 5
 
 
 async def test_relabel_declares_again(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    sim = Simulator([InstanceSpec("a", runs_on=("gpu",))], seed=2)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sim.serve, "127.0.0.1", 0)
-        path = write(sim, tmp_path, capacity=1, connections={})
-        service = Service(load_config(path), executor=SimulatedExecutor(), seed=1)
-        await nursery.start(service.run)
+    async with world(tmp_path, [InstanceSpec("a", runs_on=("gpu",))], seed=2, capacity=1,
+                     service_seed=1) as w:
+        sim, service, path = w.sim, w.service, w.config
         job = sim.instances["a"].add_job(runs_on=("gpu",), duration=1)
         await trio.sleep(30)
         assert sim.instances["a"].task_for_job(job) is None  # label "sim" does not match "gpu"
@@ -122,4 +111,3 @@ async def test_relabel_declares_again(
         await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1, within=60)
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped")
-        nursery.cancel_scope.cancel()

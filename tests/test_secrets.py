@@ -38,8 +38,9 @@ from scheduler.config import MetricsSettings, load_config, token_file_warning
 from scheduler.executor.simulated import SimulatedExecutor
 from scheduler.service import Service
 from scheduler.sim import FaultPlan, InstanceSpec, Simulator
-from tests.conftest import wait_for, write_config
-from tests.daemon import CLI, ROOT
+from tests.support.config import write_config
+from tests.support.daemon import CLI, ROOT
+from tests.support.polling import wait_for
 
 JOB_SECRET = "hunter2-job-secret-value"
 JOB_SECRET_2 = "s3cr3t/with=special+chars"

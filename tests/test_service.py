@@ -7,53 +7,20 @@ real processes, and the demo test runs real processes end to end.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from scheduler.config import load_config
-from scheduler.executor.simulated import SimulatedExecutor
 from scheduler.keys import KeyStore
 from scheduler.service import Service
-from scheduler.sim import FaultPlan, InstanceSpec, Simulator
-from tests.conftest import metric, running, wait_for
-
-
-@asynccontextmanager
-async def world(
-    tmp_path: Path,
-    specs: list[InstanceSpec],
-    *,
-    capacity: int,
-    connections: dict[str, dict[str, Any]] | None = None,
-    sim: Simulator | None = None,
-    fetch_timeout: float = 30.0,
-    shutdown_timeout: float = 600.0,
-    crash: bool = False,
-) -> AsyncIterator[tuple[Simulator, Service, SimulatedExecutor]]:
-    """A simulator and a service wired through a real config file (see ``running``)."""
-    async with trio.open_nursery() as nursery:
-        if sim is None:
-            sim = Simulator(specs, seed=7)
-            await nursery.start(sim.serve, "127.0.0.1", 0)
-        path = sim.write_runner_config(
-            tmp_path / "config.toml",
-            capacity=capacity,
-            state_dir=tmp_path / "state",
-            fetch_interval=1.0,
-            fetch_timeout=fetch_timeout,
-            shutdown_timeout=shutdown_timeout,
-            connections=connections or {},
-        )
-        executor = SimulatedExecutor()
-        async with running(path, executor=executor, crash=crash) as service:
-            yield sim, service, executor
-        nursery.cancel_scope.cancel()
+from scheduler.sim import FaultPlan, InstanceSpec
+from tests.support.harness import DEFAULT_EXECUTOR, world
+from tests.support.metrics import metric
+from tests.support.noloss import assert_no_loss
+from tests.support.polling import wait_for
+from tests.support.sim import running_sim
 
 
 async def drain(service: Service) -> None:
@@ -74,7 +41,7 @@ async def test_respond_then_drop_forgejo15_every_task_runs_exactly_once(
         await wait_for(lambda: sim.ledger.snapshot()["finished"] == 40)
         await drain(service)
         snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    assert_no_loss(sim)
     assert snap["peak_outstanding"] <= capacity
     assert snap["late_updates"] == 0  # no heartbeat lands after a final report
     assert sorted(executor.executed) == sorted(set(executor.executed))
@@ -130,10 +97,9 @@ async def test_stalled_instance_does_not_delay_the_others(
 async def test_unresolved_key_survives_a_crash_and_brings_the_task_back(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    sim = Simulator([InstanceSpec("a", faults=FaultPlan(drop_after_assign=1.0))], seed=1)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sim.serve, "127.0.0.1", 0)
-        async with world(tmp_path, [], capacity=2, sim=sim, crash=True) as (_, svc1, executor):
+    spec = InstanceSpec("a", faults=FaultPlan(drop_after_assign=1.0))
+    async with running_sim(spec, seed=1) as sim:
+        async with world(tmp_path, [], capacity=2, sim=sim, end="crash") as (_, svc1, executor):
             sim.instances["a"].add_job(duration=3)
             await wait_for(lambda: sim.ledger.snapshot()["assigned"] == 1)
             await trio.sleep(0.5)
@@ -148,9 +114,7 @@ async def test_unresolved_key_survives_a_crash_and_brings_the_task_back(
         async with world(tmp_path, [], capacity=2, sim=sim) as (_, service2, executor2):
             await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1)
             await drain(service2)
-        nursery.cancel_scope.cancel()
-    snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    assert_no_loss(sim)
     assert len(executor2.executed) == 1
     assert metric(service2, "tasks_recovered_total", connection="a") == 1
     assert metric(service2, "request_key_unresolved_since_timestamp_seconds", connection="a") == 0
@@ -160,10 +124,9 @@ async def test_unresolved_key_survives_a_crash_and_brings_the_task_back(
 async def test_more_tasks_than_slots_after_restart_are_reported_failed(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    sim = Simulator([InstanceSpec("a", faults=FaultPlan(drop_after_assign=1.0))], seed=1)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sim.serve, "127.0.0.1", 0)
-        async with world(tmp_path, [], capacity=3, sim=sim, crash=True):
+    spec = InstanceSpec("a", faults=FaultPlan(drop_after_assign=1.0))
+    async with running_sim(spec, seed=1) as sim:
+        async with world(tmp_path, [], capacity=3, sim=sim, end="crash"):
             for _ in range(3):
                 sim.instances["a"].add_job(duration=5)
             await wait_for(lambda: sim.ledger.snapshot()["assigned"] == 3)
@@ -172,9 +135,8 @@ async def test_more_tasks_than_slots_after_restart_are_reported_failed(
         async with world(tmp_path, [], capacity=2, sim=sim) as (_, service, executor):
             await wait_for(lambda: sim.ledger.snapshot()["finished"] == 3)
             await drain(service)
-        nursery.cancel_scope.cancel()
     snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    assert_no_loss(sim)
     assert len(executor.executed) == 2
     assert metric(service, "tasks_rejected_total", connection="a") == 1
     assert snap["results"] == {"RESULT_FAILURE": 1, "RESULT_SUCCESS": 2}
@@ -226,7 +188,7 @@ async def test_weighted_shares_under_saturation(
 ) -> None:
     specs = [InstanceSpec(n) for n in ("a", "b", "c")]
     weights = {"a": {"weight": 1}, "b": {"weight": 1}, "c": {"weight": 2}}
-    async with world(tmp_path, specs, capacity=4, connections=weights) as (sim, service, _):
+    async with world(tmp_path, specs, capacity=4, tuning=weights) as (sim, service, _):
         for name in "abc":
             for _ in range(200):
                 sim.instances[name].add_job(duration=10)
@@ -268,7 +230,8 @@ async def test_shutdown_timeout_cancels_and_reports(
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped", within=60)
     snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["results"] == {"RESULT_CANCELLED": 1}
+    assert_no_loss(sim)
+    assert snap["results"] == {"RESULT_CANCELLED": 1}
 
 
 async def test_drain_keeps_retrying_an_unresolved_key(
@@ -285,27 +248,21 @@ async def test_drain_keeps_retrying_an_unresolved_key(
         await wait_for(lambda: service.phase == "stopped")
     assert ex.executed == list(sim.instances["a"].tasks)
     snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["results"] == {"RESULT_SUCCESS": 1}
+    assert_no_loss(sim)
+    assert snap["results"] == {"RESULT_SUCCESS": 1}
 
 
 async def test_container_labels_are_refused_clearly_by_the_default_executor(
     tmp_path: Path,
 ) -> None:
     # Real time, real HostExecutor (the one `run` uses), labels per connection.
-    sim = Simulator(["a"], seed=1)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sim.serve, "127.0.0.1", 0)
-        path = sim.write_runner_config(
-            tmp_path / "config.toml", capacity=1, state_dir=tmp_path / "state",
-            fetch_interval=0.1, labels=("sim:docker://node:20",),
-        )
-        service = Service(load_config(path), seed=1)
-        await nursery.start(service.run)
+    async with world(tmp_path, ["a"], seed=1, capacity=1, fetch_interval=0.1,
+                     labels=("sim:docker://node:20",), executor=DEFAULT_EXECUTOR,
+                     service_seed=1) as (sim, service, _):
         sim.instances["a"].add_job(duration=0.1)
         await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1, within=30)
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped", within=30)
-        nursery.cancel_scope.cancel()
     (task,) = sim.instances["a"].tasks.values()
     assert task.result.name == "FAILURE"
     assert any("container executor" in line for line in task.log_lines)

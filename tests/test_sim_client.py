@@ -14,7 +14,7 @@ import yaml
 from scheduler.protocol import messages as m
 from scheduler.protocol.client import ConnectError, RunnerClient, TransportFailure
 from scheduler.sim import FaultPlan, InstanceSpec, Simulator
-from tests.test_sim_support import running
+from tests.support.sim import running_sim
 
 
 def client_for(sim: Simulator, name: str = "a", *, timeout: float = 10.0) -> RunnerClient:
@@ -23,7 +23,7 @@ def client_for(sim: Simulator, name: str = "a", *, timeout: float = 10.0) -> Run
 
 
 async def test_client_and_simulator_agree_on_a_whole_task() -> None:
-    async with running() as sim, client_for(sim) as client:
+    async with running_sim() as sim, client_for(sim) as client:
         inst = sim.instances["a"]
         declared = await client.declare("0.1.0", ("sim:host",))
         assert declared.uuid == inst.runner.uuid and declared.token == ""
@@ -74,7 +74,7 @@ async def test_client_and_simulator_agree_on_a_whole_task() -> None:
 
 async def test_client_sees_sim_faults_as_unknown_outcomes() -> None:
     spec = InstanceSpec("a", faults=FaultPlan(drop_after_assign=1.0))
-    async with running(spec) as sim, client_for(sim) as client:
+    async with running_sim(spec) as sim, client_for(sim) as client:
         sim.instances["a"].add_job()
         with pytest.raises(TransportFailure) as transport:
             await client.fetch_task(tasks_version=0, task_capacity=1, request_key="k")
@@ -90,7 +90,7 @@ async def test_client_sees_sim_faults_as_unknown_outcomes() -> None:
 
 
 async def test_client_unauthenticated() -> None:
-    async with running() as sim:
+    async with running_sim() as sim:
         runner = sim.instances["a"].runner
         async with RunnerClient(
             sim.base_url("a"), uuid=runner.uuid, token="0" * 40, timeout=5

@@ -20,7 +20,7 @@ import trio
 from scheduler.sim import InstanceSpec, Simulator
 from scheduler.sim.cli import add_arguments, build_simulator
 from scheduler.sim.server import duration_text
-from tests.test_sim_support import Rpc, running
+from tests.support.sim import Rpc, running_sim
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,7 @@ def read_secret(path: str) -> str:
 
 
 async def test_write_runner_config(tmp_path: Path) -> None:
-    async with running("a", "b") as sim, httpx.AsyncClient() as client:
+    async with running_sim("a", "b") as sim, httpx.AsyncClient() as client:
         path = sim.write_runner_config(
             tmp_path / "conf" / "runner.toml",
             capacity=3,
@@ -85,7 +85,7 @@ async def test_write_runner_config_for_a_container(tmp_path: Path) -> None:
          "--shutdown-timeout", "30s"]
     )  # fmt: skip
     assert args.advertise == ("forgejo", 3000)
-    async with running("a") as sim:
+    async with running_sim("a") as sim:
         path = sim.write_runner_config(
             tmp_path / "config.toml", capacity=2, state_dir=tmp_path / "state",
             shutdown_timeout=args.shutdown_timeout, metrics_listen=args.metrics_listen,

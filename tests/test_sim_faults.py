@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from scheduler.sim import FaultPlan, InstanceSpec
-from tests.test_sim_support import Rpc, final_state, ids_of, running
+from tests.support.sim import Rpc, final_state, ids_of, running_sim
 
 
 def faulty(**plan: object) -> InstanceSpec:
@@ -15,7 +15,7 @@ def faulty(**plan: object) -> InstanceSpec:
 
 
 async def test_drop_after_assign_is_a_transport_error_and_not_delivered() -> None:
-    async with running(faulty(drop_after_assign=1.0)) as sim, httpx.AsyncClient() as client:
+    async with running_sim(faulty(drop_after_assign=1.0)) as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         inst = sim.instances["a"]
         inst.add_job()
@@ -33,13 +33,13 @@ async def test_drop_after_assign_is_a_transport_error_and_not_delivered() -> Non
 
 
 async def test_drop_only_hits_answers_that_carry_tasks() -> None:
-    async with running(faulty(drop_after_assign=1.0)) as sim, httpx.AsyncClient() as client:
+    async with running_sim(faulty(drop_after_assign=1.0)) as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         assert await rpc.fetch() == {"tasksVersion": "1"}
 
 
 async def test_error_5xx_and_internal_assign_nothing() -> None:
-    async with running(faulty(error_5xx=1.0)) as sim, httpx.AsyncClient() as client:
+    async with running_sim(faulty(error_5xx=1.0)) as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         sim.instances["a"].add_job()
         resp = await rpc.call("FetchTask", {})
@@ -52,7 +52,7 @@ async def test_error_5xx_and_internal_assign_nothing() -> None:
 
 
 async def test_reset_before_assign() -> None:
-    async with running(faulty(reset_before_assign=1.0)) as sim, httpx.AsyncClient() as client:
+    async with running_sim(faulty(reset_before_assign=1.0)) as sim, httpx.AsyncClient() as client:
         sim.instances["a"].add_job()
         with pytest.raises(httpx.TransportError):
             await Rpc(sim, client).call("FetchTask", {})
@@ -60,7 +60,7 @@ async def test_reset_before_assign() -> None:
 
 
 async def test_stall_hangs_until_the_client_gives_up(autojump_clock: trio.abc.Clock) -> None:
-    async with running(faulty(stall_windows=[(0, 100)])) as sim, httpx.AsyncClient() as client:
+    async with running_sim(faulty(stall_windows=[(0, 100)])) as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         sim.instances["a"].add_job()
         start = trio.current_time()
@@ -82,7 +82,7 @@ async def test_stall_hangs_until_the_client_gives_up(autojump_clock: trio.abc.Cl
 async def test_delay_past_the_client_timeout_assigns_without_delivering(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running(faulty(delay=5.0)) as sim, httpx.AsyncClient() as client:
+    async with running_sim(faulty(delay=5.0)) as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         sim.instances["a"].add_job()
         sim.instances["a"].add_job()
@@ -99,7 +99,7 @@ async def test_delay_past_the_client_timeout_assigns_without_delivering(
 
 async def test_update_faults_answer_503_without_effect() -> None:
     spec = faulty(fail_update_log=1.0, fail_update_task=1.0)
-    async with running(spec) as sim, httpx.AsyncClient() as client:
+    async with running_sim(spec) as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         inst = sim.instances["a"]
         inst.add_job()
@@ -120,7 +120,7 @@ async def test_update_faults_answer_503_without_effect() -> None:
 
 async def outcomes(seed: int, n: int) -> list[int]:
     spec = faulty(error_5xx=0.5)
-    async with running(spec, seed=seed) as sim, httpx.AsyncClient() as client:
+    async with running_sim(spec, seed=seed) as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         return [(await rpc.call("FetchTask", {})).status_code for _ in range(n)]
 

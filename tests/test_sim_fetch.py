@@ -9,11 +9,11 @@ import trio
 import yaml
 
 from scheduler.sim import FaultPlan, InstanceSpec, Simulator
-from tests.test_sim_support import Rpc, ids_of, payload_of, running, tasks_of
+from tests.support.sim import Rpc, ids_of, payload_of, running_sim, tasks_of
 
 
 async def test_empty_queue_answers_a_nonzero_version_and_cheap_polls() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         inst = sim.instances["a"]
         got = await rpc.fetch()
@@ -28,7 +28,7 @@ async def test_empty_queue_answers_a_nonzero_version_and_cheap_polls() -> None:
 
 
 async def test_cheap_poll_does_not_look_at_the_queue() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         inst = sim.instances["a"]
         inst.add_job()
@@ -40,7 +40,7 @@ async def test_cheap_poll_does_not_look_at_the_queue() -> None:
 
 
 async def test_task_message_contents() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         sim.instances["a"].add_job(duration=0.4)
         task = (await rpc.fetch())["task"]
@@ -78,7 +78,7 @@ async def test_task_message_contents() -> None:
 
 async def test_custom_workflow_secrets_and_vars() -> None:
     workflow = "on: push\njobs:\n  t:\n    runs-on: sim\n    steps:\n      - run: exit 3\n"
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         inst = sim.instances["a"]
         job = inst.add_job(workflow=workflow, secrets={"S": "x"}, vars={"V": "y"})
         task = (await Rpc(sim, client).fetch())["task"]
@@ -89,7 +89,7 @@ async def test_custom_workflow_secrets_and_vars() -> None:
 
 
 async def test_capacity_returns_up_to_n_tasks_absent_means_one() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         inst = sim.instances["a"]
         for _ in range(5):
@@ -105,7 +105,7 @@ async def test_capacity_returns_up_to_n_tasks_absent_means_one() -> None:
 
 
 async def test_every_runs_on_label_must_match() -> None:
-    async with running(InstanceSpec("a", labels=("sim", "linux:host"))) as sim:
+    async with running_sim(InstanceSpec("a", labels=("sim", "linux:host"))) as sim:
         async with httpx.AsyncClient() as client:
             rpc = Rpc(sim, client)
             inst = sim.instances["a"]
@@ -119,7 +119,7 @@ async def test_every_runs_on_label_must_match() -> None:
 
 
 async def test_forgejo15_replays_the_tasks_recorded_under_a_key() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         inst = sim.instances["a"]
         for _ in range(4):
@@ -151,7 +151,7 @@ def first_version(answer: dict[str, str]) -> int:
 
 
 async def test_forgejo15_empty_answer_records_nothing_under_the_key() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         assert "task" not in await rpc.fetch(key="K")
         sim.instances["a"].add_job()
@@ -159,7 +159,7 @@ async def test_forgejo15_empty_answer_records_nothing_under_the_key() -> None:
 
 
 async def test_keys_are_scoped_to_the_runner() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         inst = sim.instances["a"]
         rpc = Rpc(sim, client)
         anon = Rpc(sim, client, auth=False)
@@ -178,7 +178,7 @@ async def test_keys_are_scoped_to_the_runner() -> None:
 
 async def test_forgejo14_ignores_the_key_so_a_dropped_task_is_lost() -> None:
     spec = InstanceSpec("a", forgejo14=True, faults=FaultPlan(drop_after_assign=1.0))
-    async with running(spec) as sim, httpx.AsyncClient() as client:
+    async with running_sim(spec) as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         inst = sim.instances["a"]
         inst.add_job()
@@ -197,7 +197,7 @@ async def test_forgejo14_ignores_the_key_so_a_dropped_task_is_lost() -> None:
 
 
 async def test_fetch_single_task_with_handle_and_recovery() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         inst = sim.instances["a"]
         inst.add_job()

@@ -6,18 +6,18 @@ import httpx
 import trio
 
 from scheduler.sim import InstanceSpec
-from tests.test_sim_support import RUNNER, Rpc, running
+from tests.support.sim import RUNNER, Rpc, running_sim
 
 
 async def test_ping_needs_no_auth() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client, auth=False)
         got = await rpc.ok("Ping", {"data": "runner"}, service="ping.v1.PingService")
         assert got == {"data": "Hello, runner!"}
 
 
 async def test_auth_failure_is_connect_unauthenticated() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         anon = Rpc(sim, client, auth=False)
         for headers in (
             {},
@@ -32,7 +32,7 @@ async def test_auth_failure_is_connect_unauthenticated() -> None:
 
 
 async def test_credentials_of_one_instance_do_not_work_on_another() -> None:
-    async with running("a", "b") as sim, httpx.AsyncClient() as client:
+    async with running_sim("a", "b") as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client, "a")
         rpc.name = "b"
         resp = await rpc.call("FetchTask", {})
@@ -40,7 +40,7 @@ async def test_credentials_of_one_instance_do_not_work_on_another() -> None:
 
 
 async def test_routing_and_connect_preconditions() -> None:
-    async with running("a", InstanceSpec("old", forgejo14=True)) as sim:
+    async with running_sim("a", InstanceSpec("old", forgejo14=True)) as sim:
         async with httpx.AsyncClient() as client:
             rpc = Rpc(sim, client)
             base = sim.base_url("a")
@@ -88,7 +88,7 @@ async def test_routing_and_connect_preconditions() -> None:
 
 
 async def test_keep_alive_serves_many_rpcs_on_one_connection() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         sim.instances["a"].add_job()
         for i in range(5):
@@ -99,7 +99,7 @@ async def test_keep_alive_serves_many_rpcs_on_one_connection() -> None:
 
 
 async def test_large_answers_are_gzipped_when_accepted() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         sim.instances["a"].add_job()
         resp = await rpc.call("FetchTask", {})
@@ -108,7 +108,7 @@ async def test_large_answers_are_gzipped_when_accepted() -> None:
 
 
 async def test_unknown_fields_and_snake_case_are_accepted() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         sim.instances["a"].add_job()
         sim.instances["a"].add_job()
@@ -117,7 +117,7 @@ async def test_unknown_fields_and_snake_case_are_accepted() -> None:
 
 
 async def test_register_with_registration_token() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         inst = sim.instances["a"]
         anon = Rpc(sim, client, auth=False)
         resp = await anon.call("Register", {"name": "r", "token": "wrong"})
@@ -149,7 +149,7 @@ async def test_register_with_registration_token() -> None:
 
 
 async def test_declare_replaces_labels_and_hides_the_token() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         inst = sim.instances["a"]
         job = inst.add_job(runs_on=("sim", "gpu"))
@@ -191,7 +191,7 @@ def raw_request(path: str, body: bytes, *extra: str) -> bytes:
 
 
 async def test_raw_http_edge_cases() -> None:
-    async with running() as sim:
+    async with running_sim() as sim:
         assert sim.address is not None
         port = sim.address[1]
         ping = "/a/api/actions/ping.v1.PingService/Ping"

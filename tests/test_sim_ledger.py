@@ -9,11 +9,11 @@ import pytest
 import trio
 
 from scheduler.sim import InstanceSpec, Ledger, Result
-from tests.test_sim_support import Rpc, final_state, ids_of, running
+from tests.support.sim import Rpc, final_state, ids_of, running_sim
 
 
 async def test_peak_outstanding_counts_across_instances() -> None:
-    async with running("a", "b") as sim, httpx.AsyncClient() as client:
+    async with running_sim("a", "b") as sim, httpx.AsyncClient() as client:
         a, b = Rpc(sim, client, "a"), Rpc(sim, client, "b")
         for name in ("a", "b"):
             for _ in range(3):
@@ -35,7 +35,7 @@ async def test_peak_outstanding_counts_across_instances() -> None:
 
 
 async def test_duplicates_after_the_runner_finished_a_task() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         inst = sim.instances["a"]
         for _ in range(3):
@@ -64,7 +64,7 @@ async def test_duplicates_after_the_runner_finished_a_task() -> None:
 
 
 async def test_a_second_start_time_is_a_second_execution() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         sim.instances["a"].add_job()
         (t,) = ids_of(await rpc.fetch(capacity=1))
@@ -78,7 +78,7 @@ async def test_a_second_start_time_is_a_second_execution() -> None:
 
 
 async def test_zombie_reaper_fails_silent_tasks(autojump_clock: trio.abc.Clock) -> None:
-    async with running(InstanceSpec("a", zombie_timeout=600)) as sim:
+    async with running_sim(InstanceSpec("a", zombie_timeout=600)) as sim:
         async with httpx.AsyncClient() as client:
             rpc = Rpc(sim, client)
             inst = sim.instances["a"]
@@ -104,7 +104,7 @@ async def test_zombie_reaper_fails_silent_tasks(autojump_clock: trio.abc.Clock) 
 
 
 async def test_no_zombie_reaper_when_disabled(autojump_clock: trio.abc.Clock) -> None:
-    async with running(InstanceSpec("a", zombie_timeout=None)) as sim:
+    async with running_sim(InstanceSpec("a", zombie_timeout=None)) as sim:
         async with httpx.AsyncClient() as client:
             sim.instances["a"].add_job()
             await Rpc(sim, client).fetch()
@@ -114,7 +114,7 @@ async def test_no_zombie_reaper_when_disabled(autojump_clock: trio.abc.Clock) ->
 
 
 async def test_snapshot_is_json_and_has_per_instance_counts() -> None:
-    async with running("a", "b") as sim, httpx.AsyncClient() as client:
+    async with running_sim("a", "b") as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client, "b")
         sim.instances["b"].add_job()
         (t,) = ids_of(await rpc.fetch())

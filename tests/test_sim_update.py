@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from scheduler.sim import Result, Simulator
-from tests.test_sim_support import Rpc, final_state, ids_of, running
+from tests.support.sim import Rpc, final_state, ids_of, running_sim
 
 
 def rows(*lines: str) -> list[dict[str, str]]:
@@ -29,7 +29,7 @@ async def log(rpc: Rpc, task_id: int, index: int, lines: list[str], no_more: boo
 
 
 async def test_update_log_ack_semantics() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         task_id = await start_task(sim, rpc)
         task = sim.instances["a"].tasks[task_id]
@@ -60,7 +60,7 @@ async def test_update_log_ack_semantics() -> None:
 
 
 async def test_update_log_for_unknown_or_foreign_task_is_internal() -> None:
-    async with running("a", "b") as sim, httpx.AsyncClient() as client:
+    async with running_sim("a", "b") as sim, httpx.AsyncClient() as client:
         a, b = Rpc(sim, client, "a"), Rpc(sim, client, "b")
         task_b = await start_task(sim, b)
         for task_id in (999, task_b):  # ids are unique across instances
@@ -72,7 +72,7 @@ async def test_update_log_for_unknown_or_foreign_task_is_internal() -> None:
 
 
 async def test_update_task_heartbeat_then_final() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         inst = sim.instances["a"]
         task_id = await start_task(sim, rpc)
@@ -127,7 +127,7 @@ async def test_update_task_heartbeat_then_final() -> None:
 
 
 async def test_done_task_is_not_changed_by_later_updates() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         task_id = await start_task(sim, rpc)
         await rpc.ok("UpdateTask", final_state(task_id, "RESULT_FAILURE"))
@@ -139,7 +139,7 @@ async def test_done_task_is_not_changed_by_later_updates() -> None:
 
 
 async def test_cancel_reaches_the_runner_in_the_next_update_task_answer() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         rpc = Rpc(sim, client)
         inst = sim.instances["a"]
         task_id = await start_task(sim, rpc)
@@ -165,7 +165,7 @@ async def test_cancel_reaches_the_runner_in_the_next_update_task_answer() -> Non
 
 
 async def test_cancel_a_waiting_job() -> None:
-    async with running() as sim, httpx.AsyncClient() as client:
+    async with running_sim() as sim, httpx.AsyncClient() as client:
         inst = sim.instances["a"]
         job = inst.add_job()
         assert inst.cancel_job(job) and not inst.cancel_job(job)

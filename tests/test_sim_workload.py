@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from scheduler.sim import InstanceSpec, Simulator
-from tests.test_sim_support import running
+from tests.support.sim import running_sim
 
 
 def arrivals(sim: Simulator, name: str = "a") -> list[tuple[float, float]]:
@@ -17,7 +17,7 @@ def arrivals(sim: Simulator, name: str = "a") -> list[tuple[float, float]]:
 
 async def test_poisson_rate_and_durations(autojump_clock: trio.abc.Clock) -> None:
     spec = InstanceSpec("a", rate=2.0, duration_range=(0.5, 3.0))
-    async with running(spec, seed=3) as sim:
+    async with running_sim(spec, seed=3) as sim:
         start = trio.current_time()
         await trio.sleep(1000)
         jobs = arrivals(sim)
@@ -31,7 +31,8 @@ async def test_poisson_rate_and_durations(autojump_clock: trio.abc.Clock) -> Non
 
 
 async def run_for(seed: int, seconds: float) -> list[tuple[float, float]]:
-    async with running(InstanceSpec("a", rate=1.0), InstanceSpec("b", rate=1.0), seed=seed) as sim:
+    specs = InstanceSpec("a", rate=1.0), InstanceSpec("b", rate=1.0)
+    async with running_sim(*specs, seed=seed) as sim:
         t0 = trio.current_time()
         await trio.sleep(seconds)
         return [(round(t - t0, 9), d) for t, d in arrivals(sim)]
@@ -44,7 +45,7 @@ async def test_same_seed_same_arrivals(autojump_clock: trio.abc.Clock) -> None:
 
 async def test_max_jobs_and_stop(autojump_clock: trio.abc.Clock) -> None:
     specs = (InstanceSpec("a", rate=10.0, max_jobs=7), InstanceSpec("b", rate=10.0))
-    async with running(*specs) as sim:
+    async with running_sim(*specs) as sim:
         await trio.sleep(10)
         assert len(sim.instances["a"].jobs) == 7
         assert sim.workloads["a"].added == 7
@@ -57,6 +58,6 @@ async def test_max_jobs_and_stop(autojump_clock: trio.abc.Clock) -> None:
 
 
 async def test_no_arrivals_at_rate_zero(autojump_clock: trio.abc.Clock) -> None:
-    async with running("a") as sim:
+    async with running_sim("a") as sim:
         await trio.sleep(1000)
         assert sim.instances["a"].jobs == {}

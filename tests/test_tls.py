@@ -23,18 +23,16 @@ import trustme
 
 from scheduler.config import config_warnings, load_config
 from scheduler.protocol import ssl_context
-from scheduler.sim import InstanceSpec, Simulator
-from tests.conftest import (
-    FakeForgejo,
-    fake_connection,
-    metric,
-    running,
-    serve_raw,
-    sim_connection,
-    wait_for,
-    write_config,
-)
-from tests.test_bad_servers import PICKUP, declared, lines, pickup_latencies, world
+from scheduler.sim import Simulator
+from tests.support.config import sim_connection, write_config
+from tests.support.fake_forgejo import FakeForgejo, fake_connection
+from tests.support.harness import running_service, world
+from tests.support.logs import lines
+from tests.support.metrics import metric
+from tests.support.pickup import PICKUP, beside_fine, declared, pickup_latencies
+from tests.support.polling import wait_for
+from tests.support.rawhttp import serve_raw
+from tests.support.sim import running_sim
 
 
 @attrs.define
@@ -96,10 +94,9 @@ def rogue_ca() -> trustme.CA:
 @asynccontextmanager
 async def sim_behind_tls(ctx: ssl.SSLContext) -> AsyncIterator[tuple[Simulator, str]]:
     """The simulator with instance ``a``, and the https:// URL of ``a`` through the proxy."""
-    async with trio.open_nursery() as nursery:
-        sim = Simulator([InstanceSpec("a")], seed=3)
-        _, port = await nursery.start(sim.serve, "127.0.0.1", 0)
-        proxy = TlsProxy(ctx, port)
+    async with running_sim("a", seed=3) as sim, trio.open_nursery() as nursery:
+        assert sim.address is not None
+        proxy = TlsProxy(ctx, sim.address[1])
         proxy_port = await nursery.start(proxy.serve)
         yield sim, f"https://127.0.0.1:{proxy_port}/a"
         nursery.cancel_scope.cancel()
@@ -122,10 +119,9 @@ async def test_ca_file_trusts_a_throwaway_ca_for_a_whole_job(
 ) -> None:
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     async with sim_behind_tls(server_context(ca)) as (sim, url):
-        conn = sim_connection(sim, "a", ca_file=str(tmp_path / "ca.pem"))
-        conn["url"] = url
-        config = write_config(tmp_path / "config.toml", {"a": conn}, capacity=2)
-        async with running(config) as service:
+        tuning = {"a": {"url": url, "ca_file": str(tmp_path / "ca.pem")}}
+        async with world(tmp_path, sim=sim, capacity=2, tuning=tuning,
+                         metrics=None) as (_, service, _):
             assert config_warnings(service.config) == []
             job = sim.instances["a"].add_job(duration=2)
             await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1)
@@ -142,10 +138,9 @@ async def test_insecure_skips_verification_and_says_so(
 ) -> None:
     caplog.set_level(logging.INFO, logger="scheduler")
     async with sim_behind_tls(server_context(rogue_ca)) as (sim, url):
-        conn = sim_connection(sim, "a", insecure=True)
-        conn["url"] = url
-        config = write_config(tmp_path / "config.toml", {"a": conn}, capacity=1)
-        async with running(config) as service:
+        tuning = {"a": {"url": url, "insecure": True}}
+        async with world(tmp_path, sim=sim, capacity=1, tuning=tuning,
+                         metrics=None) as (_, service, _):
             sim.instances["a"].add_job(duration=1)
             await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1)
             service.request_stop()
@@ -164,9 +159,8 @@ async def test_tls_failures_are_down_once_and_do_not_delay_the_others(
     from their first Declare, logged once, hold no slot, keep being probed (each probe
     fails at once), and the healthy connection's pickup latency does not move."""
     caplog.set_level(logging.INFO, logger="scheduler")
-    plain = Simulator([InstanceSpec("p")], seed=9)  # a real HTTP/1.1 server: answers 400
-    async with trio.open_nursery() as servers:
-        await servers.start(plain.serve, "127.0.0.1", 0)
+    # plain: a real HTTP/1.1 server, answers 400
+    async with running_sim("p", seed=9) as plain, trio.open_nursery() as servers:
         fake = FakeForgejo(uuid="uuid-s")
         fake_port = await servers.start(serve_raw, fake.handle)
         proxy = TlsProxy(server_context(rogue_ca), fake_port)
@@ -176,7 +170,7 @@ async def test_tls_failures_are_down_once_and_do_not_delay_the_others(
             "plaintext": sim_connection(plain, "p"),
         }
         bad["plaintext"]["url"] = plain.base_url("p").replace("http://", "https://")
-        async with world(bad, capacity=3) as w:
+        async with beside_fine(bad, capacity=3) as w:
             await trio.sleep(5)
             latencies = await pickup_latencies(w, jobs=6)
             await trio.sleep(180 - trio.current_time())
@@ -205,20 +199,16 @@ async def test_a_ca_file_that_does_not_load_fails_closed_for_its_connection_only
     caplog.set_level(logging.INFO, logger="scheduler")
     (tmp_path / "broken.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
     async with sim_behind_tls(server_context(ca)) as (sim, url):
-        async with trio.open_nursery() as nursery:
-            plain = Simulator([InstanceSpec("b")], seed=4)
-            await nursery.start(plain.serve, "127.0.0.1", 0)
-            conn = sim_connection(sim, "a", ca_file=str(tmp_path / "broken.pem"))
-            conn["url"] = url
-            config = write_config(tmp_path / "config.toml",
-                                  {"a": conn, "b": sim_connection(plain, "b")}, capacity=2)
-            async with running(config) as service:
+        async with running_sim("b", seed=4) as plain:
+            tuning = {"a": {"url": url, "ca_file": str(tmp_path / "broken.pem")}}
+            others = {"b": sim_connection(plain, "b")}
+            async with world(tmp_path, sim=sim, capacity=2, tuning=tuning, others=others,
+                             metrics=None) as (_, service, _):
                 job = plain.instances["b"].add_job(duration=1)
                 await wait_for(lambda: plain.ledger.snapshot()["finished"] == 1)
                 await wait_for(lambda: metric(service, "connection_up", connection="a") == 0)
                 service.request_stop()
                 await wait_for(lambda: service.phase == "stopped")
-            nursery.cancel_scope.cancel()
     assert plain.instances["b"].task_for_job(job) is not None
     assert sim.instances["a"].rpc_counts == {}
     assert any("broken.pem cannot be loaded" in m for m in lines(caplog, "ca_file", logging.ERROR))
@@ -239,7 +229,7 @@ async def test_raw_server_over_tls_with_ca_file(
                                            ssl_context=server_context(ca)))
         conn = fake_connection(fake, port, scheme="https", ca_file=str(tmp_path / "ca.pem"))
         config = write_config(tmp_path / "config.toml", {"a": conn}, capacity=1)
-        async with running(config) as service:
+        async with running_service(config) as service:
             await wait_for(lambda: fake.counts.get("FetchTask", 0) >= 2)
             assert metric(service, "connection_up", connection="a") == 1
         nursery.cancel_scope.cancel()

@@ -255,7 +255,7 @@ async def _composite_main(sr: StepRun, composite: Composite) -> None:
         try:
             parent.set_output(name, outputs.interpolate(value))
         except ExprFailure as exc:
-            parent.run.reporter.log(f"Error: output {name} of the action: {exc}")
+            parent.run.log.log(f"Error: output {name} of the action: {exc}")
             failed = True
     parent.extra_path = list(scope.extra_path)
     parent.env.update(scope.global_env)

@@ -153,7 +153,7 @@ def valid_task(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
         doc[key] = encode_bytes(payload, draw(st.sampled_from(["std", "std-nopad", "url", "u"])))
     if context or draw(st.booleans()):
         doc["context"] = context
-    if secrets or draw(st.booleans()):
+    if bool(secrets) or draw(st.booleans()):
         doc["secrets"] = secrets
     if variables:
         doc["vars"] = variables
@@ -196,7 +196,7 @@ def valid_update_task(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
     sent = draw(st.lists(st.text(max_size=10), max_size=4))
     doc: dict[str, Any] = {"state": {"id": draw(int64_wire(task_id)),
                                      "result": draw(result_wire(result))}}
-    if sent or draw(st.booleans()):
+    if bool(sent) or draw(st.booleans()):
         doc["sent_outputs" if draw(st.booleans()) else "sentOutputs"] = sent
     if draw(st.booleans()):
         doc["state"]["steps"] = draw(json_values)  # not part of the answer: ignored
@@ -426,8 +426,9 @@ class Nasty:
 
     def leaf_int(self) -> int:
         r = self.r
-        return r.choice([r.randint(-5, 5), INT64_MAX + r.randint(-1, 1),
-                         INT64_MIN + r.randint(-1, 1), 10 ** r.randint(19, 40)])
+        choices: list[int] = [r.randint(-5, 5), INT64_MAX + r.randint(-1, 1),
+                              INT64_MIN + r.randint(-1, 1), 10 ** r.randint(19, 40)]
+        return r.choice(choices)
 
     def key(self) -> str:
         return self.r.choice(FIELD_NAMES) if self.r.random() < 0.7 else str(self.leaf())[:10]

@@ -1,4 +1,4 @@
-"""Helpers shared by the simulator tests: a running Simulator and a plain-httpx RPC caller.
+"""The simulator running on loopback, and a plain-httpx RPC caller for the simulator tests.
 
 Deliberately no use of ``scheduler.protocol``: these tests pin the simulator to
 protocol.md with hand-written JSON, independently of the client codec.
@@ -20,7 +20,8 @@ RUNNER = "runner.v1.RunnerService"
 
 
 @asynccontextmanager
-async def running(*specs: InstanceSpec | str, seed: int = 1) -> AsyncIterator[Simulator]:
+async def running_sim(*specs: InstanceSpec | str, seed: int = 1) -> AsyncIterator[Simulator]:
+    """A simulator with ``specs`` (one instance ``a`` by default), serving on loopback."""
     sim = Simulator(specs or ("a",), seed=seed)
     async with trio.open_nursery() as nursery:
         await nursery.start(sim.serve, "127.0.0.1", 0)
