@@ -29,19 +29,13 @@ import trio
 
 from scheduler import __version__
 from scheduler.config import ConnectionSettings, RunnerSettings
+from scheduler.errors import ConnectError, PoolClosed, RpcError, RpcTimeout
 from scheduler.executor import Executor, reject_task, run_task
 from scheduler.keys import KeyStore, PendingFetch
 from scheduler.metrics import Metrics
 from scheduler.orphans import REASON, settle_orphan
-from scheduler.pool import PoolClosed, SlotPool
-from scheduler.protocol import (
-    ConnectError,
-    FetchTaskResponse,
-    Result,
-    RpcError,
-    RunnerClient,
-    Task,
-)
+from scheduler.pool import SlotPool
+from scheduler.protocol import FetchTaskResponse, Result, RunnerClient, Task
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +76,7 @@ def classify(exc: RpcError) -> str:
         if exc.code == "deadline_exceeded":
             return "timeout"
         return "error"
-    return "timeout" if getattr(exc, "kind", "") == "timeout" else "error"
+    return "timeout" if isinstance(exc, RpcTimeout) else "error"
 
 
 @attrs.define

@@ -20,7 +20,8 @@ import random
 
 import trio
 
-from scheduler.protocol import ConnectError, LogRow, Result, RpcError, RunnerClient, TaskState
+from scheduler.errors import ConnectError, RpcError
+from scheduler.protocol import LogRow, Result, RunnerClient, TaskState
 
 log = logging.getLogger(__name__)
 

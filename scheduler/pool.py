@@ -13,13 +13,10 @@ from collections.abc import Callable
 
 import trio
 
+from scheduler.errors import PoolClosed
 from scheduler.slots import Grant, Resolution, SlotLedger
 
 log = logging.getLogger(__name__)
-
-
-class PoolClosed(Exception):
-    """The service is shutting down: no more grants."""
 
 
 class SlotPool:

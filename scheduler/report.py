@@ -35,17 +35,9 @@ from typing import Protocol
 import attrs
 import trio
 
+from scheduler.errors import ConnectError, RpcError
 from scheduler.masking import Masker
-from scheduler.protocol import (
-    ConnectError,
-    LogRow,
-    Result,
-    RpcError,
-    StepState,
-    Task,
-    TaskState,
-    UpdateTaskResponse,
-)
+from scheduler.protocol import LogRow, Result, StepState, Task, TaskState, UpdateTaskResponse
 
 log = logging.getLogger(__name__)
 

@@ -23,14 +23,9 @@ import attrs
 import trio
 
 from scheduler import __version__
-from scheduler.config import (
-    Config,
-    ConfigError,
-    ConnectionSettings,
-    config_warnings,
-    load_config,
-)
+from scheduler.config import Config, ConnectionSettings, config_warnings, load_config
 from scheduler.connection import ConnectionLoop, Phase
+from scheduler.errors import ConfigError
 from scheduler.executor import Executor
 from scheduler.executor.host import HostExecutor
 from scheduler.http import make_app, serve_http

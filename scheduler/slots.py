@@ -47,9 +47,7 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-
-class LedgerError(RuntimeError):
-    """A caller broke the ledger's protocol (a bug, never a runtime condition)."""
+from scheduler.errors import LedgerError
 
 
 @attrs.define

@@ -22,9 +22,10 @@ import trio
 from hypothesis import HealthCheck, settings
 
 from scheduler.config import ConnectionSettings, load_config
+from scheduler.errors import DecodeError
 from scheduler.executor import Executor
 from scheduler.executor.simulated import SimulatedExecutor
-from scheduler.protocol import DecodeError, RunnerClient, UpdateTaskResponse
+from scheduler.protocol import RunnerClient, UpdateTaskResponse
 from scheduler.service import ClientFactory, Service
 
 settings.register_profile("ci", deadline=None, print_blob=True)

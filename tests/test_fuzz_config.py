@@ -25,7 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler.config import _NAME_RE, Config, ConfigError, _toml_key, load_config, parse_config
+from scheduler.config import _NAME_RE, Config, _toml_key, load_config, parse_config
+from scheduler.errors import ConfigError
 from tests.conftest import examples
 from tests.test_fuzz_strategies import seeds
 

@@ -28,15 +28,9 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scheduler.errors import DecodeError, RpcError
 from scheduler.keys import KeyStore
-from scheduler.protocol import (
-    DecodeError,
-    FetchTaskResponse,
-    Result,
-    RpcError,
-    RunnerClient,
-    TaskState,
-)
+from scheduler.protocol import FetchTaskResponse, Result, RunnerClient, TaskState
 from tests.conftest import (
     FakeForgejo,
     RawRequest,

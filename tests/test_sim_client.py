@@ -11,8 +11,9 @@ import datetime as dt
 import pytest
 import yaml
 
+from scheduler.errors import ConnectError, TransportFailure
 from scheduler.protocol import messages as m
-from scheduler.protocol.client import ConnectError, RunnerClient, TransportFailure
+from scheduler.protocol.client import RunnerClient
 from scheduler.sim import FaultPlan, InstanceSpec, Simulator
 from tests.test_sim_support import running
 

@@ -15,7 +15,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from scheduler.slots import Grant, LedgerError, SlotLedger, jain_index, water_fill
+from scheduler.errors import LedgerError
+from scheduler.slots import Grant, SlotLedger, jain_index, water_fill
 
 
 def ledger(capacity: int, **conns: tuple[float, int, int]) -> SlotLedger:

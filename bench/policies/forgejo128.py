@@ -32,8 +32,9 @@ import trio
 
 from bench.harness import Conn, World
 from scheduler import __version__
+from scheduler.errors import RpcError
 from scheduler.executor import run_task
-from scheduler.protocol import RpcError, RunnerClient, Task
+from scheduler.protocol import RunnerClient, Task
 
 log = logging.getLogger(__name__)
 

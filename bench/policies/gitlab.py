@@ -39,8 +39,9 @@ import trio
 
 from bench.harness import World
 from scheduler import __version__
+from scheduler.errors import ConnectError, RpcError, TransportFailure
 from scheduler.executor import run_task
-from scheduler.protocol import ConnectError, RpcError, RunnerClient, Task, TransportFailure
+from scheduler.protocol import RunnerClient, Task
 
 log = logging.getLogger(__name__)
 

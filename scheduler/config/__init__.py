@@ -35,13 +35,7 @@ from scheduler.config.parse import (
     parse_config,
 )
 from scheduler.config.render import _toml_key, render_config
-from scheduler.config.values import (
-    Config,
-    ConfigError,
-    ConnectionSettings,
-    MetricsSettings,
-    RunnerSettings,
-)
+from scheduler.config.values import Config, ConnectionSettings, MetricsSettings, RunnerSettings
 
 __all__ = [
     "MAX_CAPACITY",
@@ -50,7 +44,6 @@ __all__ = [
     "_NAME_RE",
     "_RUNNER_KEYS",
     "Config",
-    "ConfigError",
     "ConnectionSettings",
     "MetricsSettings",
     "RunnerSettings",

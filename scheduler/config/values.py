@@ -1,16 +1,11 @@
-"""The configuration's values: frozen attrs classes, and the error every problem becomes."""
+"""The configuration's values: frozen attrs classes (every problem becomes a
+:class:`scheduler.errors.ConfigError`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import attrs
-
-
-class ConfigError(Exception):
-    """The configuration is unusable; the message already names file, key and expectation,
-    so callers print it as is (no traceback) and exit."""
-
 
 # ---------------------------------------------------------------------------------------
 # The values
