@@ -141,25 +141,22 @@ class Sampler:
     slot_seconds: dict[str, float] = attrs.field(factory=dict)  # held: running + reserved
     busy_seconds: dict[str, float] = attrs.field(factory=dict)  # running only
     share_seconds: dict[str, float] = attrs.field(factory=dict)
-    max_in_use: int = 0
 
     async def run(self) -> None:
-        led = self.service.ledger
         last = trio.current_time()
         while True:
             await trio.sleep(SAMPLE_EVERY)
             now = trio.current_time()
             dt, last = now - last, now
-            shares = led.fair_shares()
-            for name in led.names:
-                self.slot_seconds[name] = self.slot_seconds.get(name, 0.0) + led.held(name) * dt
-                self.busy_seconds[name] = self.busy_seconds.get(name, 0.0) + led.running(name) * dt
-                self.share_seconds[name] = self.share_seconds.get(name, 0.0) + shares[name] * dt
-            self.observe()
+            for name, s in self.service.ledger.statistics().connections.items():
+                self.slot_seconds[name] = self.slot_seconds.get(name, 0.0) + s.held * dt
+                self.busy_seconds[name] = self.busy_seconds.get(name, 0.0) + s.running * dt
+                self.share_seconds[name] = self.share_seconds.get(name, 0.0) + s.fair_share * dt
 
-    def observe(self) -> None:
-        led = self.service.ledger
-        self.max_in_use = max(self.max_in_use, led.capacity - led.free)
+    @property
+    def max_in_use(self) -> int:
+        """The most slots held at once: the pool notes it after every change."""
+        return self.service.pool.statistics().peak_in_use
 
 
 async def run_demo(
@@ -174,7 +171,6 @@ async def run_demo(
                                               scenario=scenario))
             service = Service(config, seed=seed)
             sampler = Sampler(service)
-            service.slot_listeners.append(sampler.observe)
             done = trio.Event()
 
             async def run_service(task_status: trio.TaskStatus[Started]) -> None:
@@ -202,23 +198,22 @@ async def run_demo(
 
 
 async def print_progress(service: Service, sim: Simulator, t0: float, out: TextIO) -> None:
-    led = service.ledger
     while True:
         await trio.sleep(1.0)
         t = trio.current_time() - t0
-        shares = led.fair_shares()
+        stats = service.statistics()
+        slots = stats.pool.slots
         parts = []
-        for name in led.names:
-            loop = service.loops.get(name)
+        for name, s in slots.connections.items():
+            loop = stats.connections.get(name)
             phase = loop.phase.value if loop else "-"
             queued = len(sim.instances[name].waiting_jobs) if name in sim.instances else 0
             parts.append(
-                f"{name}: {led.running(name)}+{led.reserved(name)}r "
-                f"share {shares[name]:.1f} q{queued} {phase}"
+                f"{name}: {s.running}+{s.reserved}r share {s.fair_share:.1f} q{queued} {phase}"
             )
         snap = sim.ledger.snapshot()
         print(
-            f"t={t:4.0f}s slots {led.capacity - led.free}/{led.capacity} | "
+            f"t={t:4.0f}s slots {slots.in_use}/{slots.capacity} | "
             + " | ".join(parts)
             + f" | finished {snap['finished']} outstanding {snap['outstanding']}",
             file=out,

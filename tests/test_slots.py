@@ -15,6 +15,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from scheduler.config import Share
 from scheduler.errors import LedgerError
 from scheduler.slots import Grant, SlotLedger, jain_index, water_fill
 
@@ -22,7 +23,7 @@ from scheduler.slots import Grant, SlotLedger, jain_index, water_fill
 def ledger(capacity: int, **conns: tuple[float, int, int]) -> SlotLedger:
     led = SlotLedger(capacity)
     for name, (w, lo, hi) in conns.items():
-        led.add(name, weight=w, min_slots=lo, max_slots=hi)
+        led.add(name, Share(w, lo, hi))
     return led
 
 
@@ -186,7 +187,7 @@ class LedgerMachine(RuleBasedStateMachine):
             lo = min(lo, hi, budget)
             budget -= lo
             name = f"c{i}"
-            self.led.add(name, weight=w, min_slots=lo, max_slots=hi)
+            self.led.add(name, Share(w, lo, hi))
             self.names.append(name)
             self.max[name] = hi
         self.fetching: dict[str, int] = {}
@@ -326,7 +327,7 @@ def test_long_run_shares_within_one_slot_of_water_filling(
     led = SlotLedger(capacity)
     names = [f"c{i}" for i in range(len(weights))]
     for n, w in zip(names, weights, strict=True):
-        led.add(n, weight=w)
+        led.add(n, Share(w))
     shares = water_fill(capacity, [led.view(n) for n in names])
     for step in range(300):
         for n in names:

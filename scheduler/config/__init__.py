@@ -35,7 +35,13 @@ from scheduler.config.parse import (
     parse_config,
 )
 from scheduler.config.render import _toml_key, render_config
-from scheduler.config.values import Config, ConnectionSettings, MetricsSettings, RunnerSettings
+from scheduler.config.values import (
+    Config,
+    ConnectionSettings,
+    MetricsSettings,
+    RunnerSettings,
+    Share,
+)
 
 __all__ = [
     "MAX_CAPACITY",
@@ -47,6 +53,7 @@ __all__ = [
     "ConnectionSettings",
     "MetricsSettings",
     "RunnerSettings",
+    "Share",
     "_toml_key",
     "ca_file_problem",
     "config_warnings",

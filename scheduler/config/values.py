@@ -11,6 +11,20 @@ import attrs
 # The values
 
 
+@attrs.frozen
+class Share:
+    """A connection's claim on the runner slots: the fair-share rule's three inputs.
+
+    ``weight`` scales its share, ``min_slots`` are guaranteed before anyone else is
+    served, ``max_slots`` caps it (``None``: the whole capacity). Read by the slot
+    ledger (who gets the next slot) and exported as configuration gauges.
+    """
+
+    weight: float = 1.0
+    min_slots: int = 0
+    max_slots: int | None = None
+
+
 @attrs.frozen(kw_only=True)
 class RunnerSettings:
     """Process-wide settings from ``[runner]``; durations are seconds."""
@@ -58,6 +72,10 @@ class ConnectionSettings:
     fetch_interval: float
     ca_file: Path | None = None
     insecure: bool = False
+
+    @property
+    def share(self) -> Share:
+        return Share(self.weight, self.min_slots, self.max_slots)
 
 
 @attrs.frozen(kw_only=True)
