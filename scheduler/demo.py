@@ -211,11 +211,11 @@ async def print_progress(service: Service, sim: Simulator, t0: float, out: TextI
             parts.append(
                 f"{name}: {s.running}+{s.reserved}r share {s.fair_share:.1f} q{queued} {phase}"
             )
-        snap = sim.ledger.snapshot()
+        server = sim.ledger.statistics()
         print(
             f"t={t:4.0f}s slots {slots.in_use}/{slots.capacity} | "
             + " | ".join(parts)
-            + f" | finished {snap['finished']} outstanding {snap['outstanding']}",
+            + f" | finished {server.finished} outstanding {server.outstanding}",
             file=out,
             flush=True,
         )
@@ -225,8 +225,7 @@ def build_report(
     service: Service, sim: Simulator, sampler: Sampler, capacity: int, duration: float,
     elapsed: float, scenario: tuple[DemoConnection, ...],
 ) -> dict[str, Any]:
-    snap = sim.ledger.snapshot()
-    per_instance = snap["instances"]
+    server = sim.ledger.statistics()
     reg = service.metrics.registry
 
     def metric(name: str, **labels: str) -> float:
@@ -243,12 +242,12 @@ def build_report(
         ss, share = sampler.slot_seconds.get(n, 0.0), sampler.share_seconds.get(n, 0.0)
         if share > 0:
             ratios.append(ss / share)
-        inst = per_instance.get(n, {})
+        inst = server.instances.get(n)
         connections[n] = {
             "weight": c.weight,
             "fetch_interval": c.fetch_interval,
-            "tasks_assigned": inst.get("assigned", 0),
-            "tasks_finished": inst.get("finished", 0),
+            "tasks_assigned": inst.assigned if inst else 0,
+            "tasks_finished": inst.finished if inst else 0,
             "fetch_requests": int(fetches),
             "fetch_retries": int(metric("fetch_retries_total", connection=n)),
             "request_keys_reused": int(metric("request_keys_reused_total", connection=n)),
@@ -259,9 +258,9 @@ def build_report(
             "fair_share_slot_seconds": round(share, 2),
             "fair_share": round(share / elapsed, 3) if elapsed else 0.0,
         }
-    lost = int(snap["lost"])
-    duplicates = int(snap["duplicate_executions"])
-    peak = int(snap["peak_outstanding"])
+    lost = server.lost
+    duplicates = server.duplicate_executions
+    peak = server.peak_outstanding
     ok = lost == 0 and duplicates == 0 and peak <= capacity and sampler.max_in_use <= capacity
     return {
         "ok": ok,
@@ -270,8 +269,8 @@ def build_report(
         "elapsed_s": round(elapsed, 2),
         "max_slots_in_use": sampler.max_in_use,
         "peak_outstanding_on_servers": peak,
-        "tasks_assigned": int(snap["assigned"]),
-        "tasks_finished": int(snap["finished"]),
+        "tasks_assigned": server.assigned,
+        "tasks_finished": server.finished,
         "lost_tasks": lost,
         "duplicate_executions": duplicates,
         "jain_index": round(jain_index(ratios), 4),

@@ -72,7 +72,7 @@ async def test_run_daemon_serves_metrics_and_stops_on_sigterm(tmp_path: Path) ->
         daemon = Daemon(config)
         await daemon.start(nursery)
         with trio.fail_after(60):
-            while sim.ledger.snapshot()["finished"] < 6:
+            while sim.ledger.statistics().finished < 6:
                 await trio.sleep(0.1)
         async with httpx.AsyncClient(base_url=daemon.metrics_url) as http:
             metrics = (await http.get("/metrics")).text
@@ -84,8 +84,8 @@ async def test_run_daemon_serves_metrics_and_stops_on_sigterm(tmp_path: Path) ->
         code = await daemon.wait()
         nursery.cancel_scope.cancel()
     assert code == 0, daemon.log.decode()[-2000:]
-    snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    snap = sim.ledger.statistics()
+    assert snap.lost == 0 and snap.duplicate_executions == 0
     for inst in sim.instances.values():
         token = inst.runner.token
         assert token.encode() not in daemon.log and token not in metrics
@@ -110,4 +110,4 @@ async def test_second_sigterm_cancels_running_tasks_and_reports_them(tmp_path: P
         code = await daemon.wait(within=30)
         nursery.cancel_scope.cancel()
     assert code == 0
-    assert sim.ledger.snapshot()["results"] == {"RESULT_CANCELLED": 1}
+    assert sim.ledger.statistics().results == {"RESULT_CANCELLED": 1}

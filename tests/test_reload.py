@@ -99,9 +99,9 @@ async def test_reload_applies_capacity_weights_and_connections(
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped")
         nursery.cancel_scope.cancel()
-    snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
-    assert snap["peak_outstanding"] <= 5
+    snap = sim.ledger.statistics()
+    assert snap.lost == 0 and snap.duplicate_executions == 0
+    assert snap.peak_outstanding <= 5
 
 
 async def test_relabel_declares_again(
@@ -119,7 +119,7 @@ async def test_relabel_declares_again(
         path.write_text(path.read_text().replace('labels = ["sim:host"]',
                                                  'labels = ["gpu:host"]'))
         assert service.reload_file(path)
-        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1, within=60)
+        await wait_for(lambda: sim.ledger.statistics().finished == 1, within=60)
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped")
         nursery.cancel_scope.cancel()

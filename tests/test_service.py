@@ -71,12 +71,12 @@ async def test_respond_then_drop_forgejo15_every_task_runs_exactly_once(
         for i in range(20):
             sim.instances["a"].add_job(duration=1 + i % 3)
             sim.instances["b"].add_job(duration=2)
-        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 40)
+        await wait_for(lambda: sim.ledger.statistics().finished == 40)
         await drain(service)
-        snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
-    assert snap["peak_outstanding"] <= capacity
-    assert snap["late_updates"] == 0  # no heartbeat lands after a final report
+        snap = sim.ledger.statistics()
+    assert snap.lost == 0 and snap.duplicate_executions == 0
+    assert snap.peak_outstanding <= capacity
+    assert snap.late_updates == 0  # no heartbeat lands after a final report
     assert sorted(executor.executed) == sorted(set(executor.executed))
     assert len(executor.executed) == 40
     recovered = sum(metric(service, "tasks_recovered_total", connection=c) for c in "ab")
@@ -96,10 +96,10 @@ async def test_forgejo14_ignores_the_key_and_the_simulator_counts_the_loss(
         await wait_for(lambda: not inst.waiting_jobs and all(
             t.done for t in inst.tasks.values() if t.id in executor.executed))
         await drain(service)
-        snap = sim.ledger.snapshot()
-    assert snap["lost"] > 0  # the tasks inside dropped answers: a retry cannot get them back
-    assert snap["lost"] == snap["assigned"] - len(executor.executed)
-    assert snap["duplicate_executions"] == 0
+        snap = sim.ledger.statistics()
+    assert snap.lost > 0  # the tasks inside dropped answers: a retry cannot get them back
+    assert snap.lost == snap.assigned - len(executor.executed)
+    assert snap.duplicate_executions == 0
 
 
 async def test_stalled_instance_does_not_delay_the_others(
@@ -135,7 +135,7 @@ async def test_unresolved_key_survives_a_crash_and_brings_the_task_back(
         await nursery.start(sim.serve, "127.0.0.1", 0)
         async with world(tmp_path, [], capacity=2, sim=sim, crash=True) as (_, svc1, executor):
             sim.instances["a"].add_job(duration=3)
-            await wait_for(lambda: sim.ledger.snapshot()["assigned"] == 1)
+            await wait_for(lambda: sim.ledger.statistics().assigned == 1)
             await trio.sleep(0.5)
             assert executor.executed == []
             # The key is in doubt since its first unknown outcome: exported for alerting.
@@ -146,11 +146,11 @@ async def test_unresolved_key_survives_a_crash_and_brings_the_task_back(
         assert pending is not None and pending.task_capacity >= 1
         sim.instances["a"].set_faults(FaultPlan())
         async with world(tmp_path, [], capacity=2, sim=sim) as (_, service2, executor2):
-            await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1)
+            await wait_for(lambda: sim.ledger.statistics().finished == 1)
             await drain(service2)
         nursery.cancel_scope.cancel()
-    snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    snap = sim.ledger.statistics()
+    assert snap.lost == 0 and snap.duplicate_executions == 0
     assert len(executor2.executed) == 1
     assert metric(service2, "tasks_recovered_total", connection="a") == 1
     assert metric(service2, "request_key_unresolved_since_timestamp_seconds", connection="a") == 0
@@ -166,18 +166,18 @@ async def test_more_tasks_than_slots_after_restart_are_reported_failed(
         async with world(tmp_path, [], capacity=3, sim=sim, crash=True):
             for _ in range(3):
                 sim.instances["a"].add_job(duration=5)
-            await wait_for(lambda: sim.ledger.snapshot()["assigned"] == 3)
+            await wait_for(lambda: sim.ledger.statistics().assigned == 3)
         sim.instances["a"].set_faults(FaultPlan())
         # Restart with a smaller capacity: the key brings back 3 tasks for 2 slots.
         async with world(tmp_path, [], capacity=2, sim=sim) as (_, service, executor):
-            await wait_for(lambda: sim.ledger.snapshot()["finished"] == 3)
+            await wait_for(lambda: sim.ledger.statistics().finished == 3)
             await drain(service)
         nursery.cancel_scope.cancel()
-    snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["duplicate_executions"] == 0
+    snap = sim.ledger.statistics()
+    assert snap.lost == 0 and snap.duplicate_executions == 0
     assert len(executor.executed) == 2
     assert metric(service, "tasks_rejected_total", connection="a") == 1
-    assert snap["results"] == {"RESULT_FAILURE": 1, "RESULT_SUCCESS": 2}
+    assert snap.results == {"RESULT_FAILURE": 1, "RESULT_SUCCESS": 2}
     (rejected,) = [t for t in sim.instances["a"].tasks.values() if t.id not in executor.executed]
     assert any("no runner slot is free" in line for line in rejected.log_lines)
 
@@ -196,7 +196,7 @@ async def test_no_fetch_while_a_connection_has_no_slot(
         assert service.ledger.is_hungry("b")
         assert metric(service, "connection_waiting_for_slot", connection="b") == 1
         assert metric(service, "connection_waiting_for_slot", connection="a") == 1  # to poll again
-        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 2)
+        await wait_for(lambda: sim.ledger.statistics().finished == 2)
 
 
 async def test_refused_fetch_releases_slots_and_marks_the_connection_down(
@@ -253,8 +253,8 @@ async def test_graceful_stop_lets_running_tasks_finish(
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped")
         assert trio.current_time() - t0 >= 45
-    snap = sim.ledger.snapshot()
-    assert snap["finished"] == 1 and snap["results"] == {"RESULT_SUCCESS": 1}
+    snap = sim.ledger.statistics()
+    assert snap.finished == 1 and snap.results == {"RESULT_SUCCESS": 1}
     assert len(sim.instances["a"].waiting_jobs) == 1
 
 
@@ -267,8 +267,8 @@ async def test_shutdown_timeout_cancels_and_reports(
         await wait_for(lambda: service.ledger.running("a") == 1)
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped", within=60)
-    snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["results"] == {"RESULT_CANCELLED": 1}
+    snap = sim.ledger.statistics()
+    assert snap.lost == 0 and snap.results == {"RESULT_CANCELLED": 1}
 
 
 async def test_drain_keeps_retrying_an_unresolved_key(
@@ -277,15 +277,15 @@ async def test_drain_keeps_retrying_an_unresolved_key(
     specs = [InstanceSpec("a", faults=FaultPlan(drop_after_assign=1.0))]
     async with world(tmp_path, specs, capacity=2, shutdown_timeout=300) as (sim, service, ex):
         sim.instances["a"].add_job(duration=5)
-        await wait_for(lambda: sim.ledger.snapshot()["assigned"] == 1)
+        await wait_for(lambda: sim.ledger.statistics().assigned == 1)
         service.request_stop()
         await trio.sleep(60)  # still draining: the task may be (and is) assigned
         assert service.phase == "draining"
         sim.instances["a"].set_faults(FaultPlan())
         await wait_for(lambda: service.phase == "stopped")
     assert ex.executed == list(sim.instances["a"].tasks)
-    snap = sim.ledger.snapshot()
-    assert snap["lost"] == 0 and snap["results"] == {"RESULT_SUCCESS": 1}
+    snap = sim.ledger.statistics()
+    assert snap.lost == 0 and snap.results == {"RESULT_SUCCESS": 1}
 
 
 async def test_container_labels_are_refused_clearly_by_the_default_executor(
@@ -302,7 +302,7 @@ async def test_container_labels_are_refused_clearly_by_the_default_executor(
         service = Service(load_config(path), seed=1)
         await nursery.start(service.run)
         sim.instances["a"].add_job(duration=0.1)
-        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1, within=30)
+        await wait_for(lambda: sim.ledger.statistics().finished == 1, within=30)
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped", within=30)
         nursery.cancel_scope.cancel()

@@ -128,7 +128,7 @@ async def test_ca_file_trusts_a_throwaway_ca_for_a_whole_job(
         async with running(config) as service:
             assert config_warnings(service.config) == []
             job = sim.instances["a"].add_job(duration=2)
-            await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1)
+            await wait_for(lambda: sim.ledger.statistics().finished == 1)
             service.request_stop()
             await wait_for(lambda: service.phase == "stopped")
     task = sim.instances["a"].task_for_job(job)
@@ -147,7 +147,7 @@ async def test_insecure_skips_verification_and_says_so(
         config = write_config(tmp_path / "config.toml", {"a": conn}, capacity=1)
         async with running(config) as service:
             sim.instances["a"].add_job(duration=1)
-            await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1)
+            await wait_for(lambda: sim.ledger.statistics().finished == 1)
             service.request_stop()
             await wait_for(lambda: service.phase == "stopped")
     warned = lines(caplog, "connections.a: insecure = true")
@@ -214,7 +214,7 @@ async def test_a_ca_file_that_does_not_load_fails_closed_for_its_connection_only
                                   {"a": conn, "b": sim_connection(plain, "b")}, capacity=2)
             async with running(config) as service:
                 job = plain.instances["b"].add_job(duration=1)
-                await wait_for(lambda: plain.ledger.snapshot()["finished"] == 1)
+                await wait_for(lambda: plain.ledger.statistics().finished == 1)
                 await wait_for(lambda: metric(service, "connection_up", connection="a") == 0)
                 service.request_stop()
                 await wait_for(lambda: service.phase == "stopped")
