@@ -173,7 +173,7 @@ class SlotLedger:
 
     def __repr__(self) -> str:
         held = ", ".join(f"{c.name}={c.held}" for c in self._conns.values())
-        return f"<SlotLedger capacity={self.capacity} free={self.free} held: {held or '-'}>"
+        return f"<SlotLedger capacity {self.capacity} free {self.free} held: {held or '-'}>"
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:

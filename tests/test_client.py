@@ -167,3 +167,20 @@ async def test_connection_refused() -> None:
         with pytest.raises(TransportFailure) as info:
             await client.update_log(1, 0, (), True)
     assert isinstance(info.value, TransportBroken)
+
+
+@pytest.mark.parametrize(
+    ("cls", "prefix"),
+    [
+        (RpcTimeout, "timeout"),
+        (TransportBroken, "transport"),
+        (MalformedAnswer, "malformed"),
+        (OversizedAnswer, "oversized"),
+    ],
+)
+def test_transport_failures_keep_their_message_prefix(
+    cls: type[TransportFailure], prefix: str
+) -> None:
+    exc = cls("FetchTask: detail")
+    assert str(exc) == f"{prefix}: FetchTask: detail" and exc.detail == "FetchTask: detail"
+    assert isinstance(exc, TransportFailure) and exc.outcome_unknown

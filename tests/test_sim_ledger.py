@@ -154,3 +154,28 @@ def test_ledger_unit() -> None:
     assert snap.duplicate_executions == 0
     assert snap.finished == 1 and snap.zombie == 0 and snap.lost == 1
     assert snap.peak_outstanding == 2 and snap.outstanding == 1
+
+
+def test_statistics_is_a_frozen_value_and_renders_the_old_json_keys() -> None:
+    led = Ledger()
+    led.add_instance("y")
+    led.add_instance("x")
+    t = led.next_task_id()
+    led.assigned("x", t, 1, 0.0)
+    led.delivered([t])
+    led.finished(t, Result.CANCELLED, "cancel", 1.0)
+    stats = led.statistics()
+    assert stats == led.statistics()  # a value: equal while nothing happens
+    assert list(stats.instances) == ["x", "y"]  # sorted, as before
+    assert stats.instances["x"].cancelled == 1 and stats.instances["y"].assigned == 0
+    assert stats.results == {"RESULT_CANCELLED": 1}
+    doc = stats.to_json()
+    assert list(doc) == [
+        "assigned", "delivered", "redelivered", "finished", "zombie", "cancelled",
+        "duplicate_executions", "late_updates", "outstanding", "peak_outstanding",
+        "lost", "results", "instances",
+    ]
+    assert doc["instances"]["x"] == {**stats.instances["x"].to_json()}
+    assert "instances" not in doc["instances"]["x"]
+    with pytest.raises(AttributeError):
+        stats.assigned = 5  # type: ignore[misc]

@@ -40,6 +40,30 @@ def test_lone_connection_gets_every_slot_over_successive_grants() -> None:
     assert sizes == [2, 1, 1] and led.running("a") == 4
 
 
+def test_statistics_snapshot_and_repr() -> None:
+    led = ledger(4, a=(2, 1, 4), b=(1, 0, 4))
+    led.want("a")
+    led.want("b")
+    led.grant()
+    led.resolve("a", 1)
+    stats = led.statistics()
+    assert stats == led.statistics()  # a value: nothing moved in between
+    assert stats.capacity == 4 and stats.free == led.free and stats.in_use == 4 - led.free
+    for name in ("a", "b"):
+        s = stats.connections[name]
+        assert (s.held, s.reserved, s.owed, s.running) == (
+            led.held(name), led.reserved(name), led.owed(name), led.running(name)
+        )
+        assert s.hungry == led.is_hungry(name) and s.active
+        assert s.fair_share == led.fair_shares()[name]
+    assert stats.jain_index == led.jain_index()
+    led.finish("a")
+    assert led.statistics() != stats  # a later change does not alter the snapshot taken
+    assert stats.connections["a"].running == 1
+    assert repr(led) == f"<SlotLedger capacity 4 free {led.free} held: a=0, b={led.held('b')}>"
+    assert repr(SlotLedger(2)) == "<SlotLedger capacity 2 free 2 held: ->"
+
+
 def test_grant_is_capped_at_entitlement() -> None:
     # Three active connections, weights 1/1/2 over 4 slots: a's share is 1.
     led = ledger(4, a=(1, 0, 4), b=(1, 0, 4), c=(2, 0, 4))
