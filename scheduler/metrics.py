@@ -117,10 +117,12 @@ class ConnectionMetrics:
 class Metrics:
     """All metrics of one service, in its own CollectorRegistry (never the global one).
 
-    Attributes are the prometheus_client metric objects; callers use them directly
-    (``m.slots_held.labels(connection=name).set(3)``). Gauges that mirror state
-    (held, reserved, fair share, running, up) are *set* by their owner from the
-    authoritative state rather than inc/dec'd, so they cannot drift.
+    Attributes are the prometheus_client metric objects. A connection's series are
+    reached through its :class:`ConnectionMetrics` (``add_connection`` returns it,
+    ``connection(name)`` finds it): ``metrics.connection("home").slots_held.set(3)``.
+    Gauges that mirror state (held, reserved, fair share, running, up) are *set* by
+    their owner from the authoritative state (the slot gauges from a ledger snapshot,
+    :meth:`export_slots`) rather than inc/dec'd, so they cannot drift.
     """
 
     def __init__(self, *, capacity: int, connections: Sequence[str], version: str) -> None:
