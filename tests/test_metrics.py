@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import attrs
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
@@ -349,3 +350,27 @@ def test_committed_dashboard_is_what_the_generator_produces() -> None:
     assert DASHBOARD.read_text(encoding="utf-8") == generated, (
         "grafana/dashboard.json is stale: run python grafana/generate.py"
     )
+
+
+def test_connection_children_write_the_connection_series(metrics: Metrics) -> None:
+    home = metrics.connection("home")
+    assert metrics.add_connection("home", Share(1, 0, 6)) is home  # created once
+    home.fetch_retries.inc(2)
+    home.fetch_requests["throttled"].inc()
+    home.tasks_finished["skipped"].inc()
+    home.slots_held.set(3)
+    assert value(metrics, "fetch_retries_total", connection="home") == 2
+    assert value(metrics, "fetch_requests_total", connection="home", outcome="throttled") == 1
+    assert value(metrics, "tasks_finished_total", connection="home", result="skipped") == 1
+    assert value(metrics, "slots_held", connection="home") == 3
+    assert value(metrics, "slots_held", connection="codeberg") == 0
+    assert set(home.fetch_requests) == set(FETCH_OUTCOMES)
+    assert set(home.tasks_finished) == set(TASK_RESULTS)
+    # one child per per-connection family: none is left to a .labels() call site
+    families = {s.name.removesuffix("_total").removesuffix("_count").removesuffix("_sum")
+                .removesuffix("_bucket") for s in connection_samples(metrics, "home")}
+    children = len(attrs.fields(type(home)))
+    assert len(families) == children == 22
+    metrics.remove_connection("home")
+    with pytest.raises(KeyError):
+        metrics.connection("home")
