@@ -116,7 +116,7 @@ async def _drive(exe: Path, forgejo14: bool, jobs: int, limit: float) -> dict[st
                 )
                 t0 = trio.current_time()
                 with trio.move_on_after(limit):
-                    while sim.ledger.snapshot()["finished"] < jobs and proc.poll() is None:  # noqa: ASYNC110
+                    while sim.ledger.statistics().finished < jobs and proc.poll() is None:  # noqa: ASYNC110
                         await trio.sleep(0.2)
                 out["seconds"] = round(trio.current_time() - t0, 1)
                 out["exited_by_itself"] = proc.poll() is not None
@@ -130,7 +130,7 @@ async def _drive(exe: Path, forgejo14: bool, jobs: int, limit: float) -> dict[st
                 out["exit"] = proc.returncode
             out["output_tail"] = log_path.read_text(errors="replace").strip().splitlines()[-4:]
             nursery.cancel_scope.cancel()
-    snap = sim.ledger.snapshot()
+    snap = sim.ledger.statistics().to_json()
     out["ledger"] = {k: snap[k] for k in ("assigned", "delivered", "finished", "lost",
                                          "duplicate_executions", "results")}
     out["rpc_counts"] = dict(sorted(inst.rpc_counts.items()))

@@ -361,7 +361,7 @@ def run(
         scenario=scenario,
         seed=seed,
         spans=tuple(rec.spans),
-        ledger=sim.ledger.snapshot(),
+        ledger=sim.ledger.statistics().to_json(),
         rpc_counts={n: dict(i.rpc_counts) for n, i in sim.instances.items()},
         fetches=dict(rec.fetches),
         fetches_while_full=dict(rec.fetches_while_full),

@@ -150,12 +150,12 @@ async def _throughput(tasks: int, capacity: int) -> dict[str, Any]:
             config = _write_config(sim, Path(tmp), capacity, 1.0)
             out, sim_cpu = await _with_child(sim, ["throughput", str(config), str(tasks)])
             nursery.cancel_scope.cancel()
-    snap = sim.ledger.snapshot()
+    snap = sim.ledger.statistics()
     out["sim_cpu_s"] = sim_cpu
     out["capacity"] = capacity
-    out["finished_on_server"] = snap["finished"]
-    out["lost"] = snap["lost"]
-    out["duplicate_executions"] = snap["duplicate_executions"]
+    out["finished_on_server"] = snap.finished
+    out["lost"] = snap.lost
+    out["duplicate_executions"] = snap.duplicate_executions
     return out
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import trio
 
 from scheduler import __version__
-from scheduler.config import ConfigError, config_warnings, load_config, render_config
+from scheduler.config import config_warnings, load_config, render_config
+from scheduler.errors import ConfigError
 from scheduler.logs import setup_logging
 from scheduler.service import Service
 

@@ -11,6 +11,13 @@
                   |                   |          --backoff--> FETCHING(same key, same k)
                   +-- IDLE (fetch_interval) / DOWN (Declare works again) ----+
 
+Every arrow is taken in one place, :meth:`ConnectionLoop.run`: ``_fetch_once`` sends
+the FetchTask and says what came back (:class:`Answered`, :class:`Unresolved` or
+:class:`Refused`); ``run`` decides what that means. In particular the retry of a
+FetchTask is decided there: an :class:`Unresolved` outcome keeps the request key
+(in the :class:`~scheduler.keys.KeyStore`, its one owner) and the reservation, and
+the next turn of the loop sends the same key again after the backoff.
+
 The rules that matter (shared/reference/core-design.md): slots are granted before
 the FetchTask, which asks ``taskCapacity = k``; a connection with no slot sends no
 FetchTask, except the retry of an unresolved key, which holds its own reservation;
@@ -29,18 +36,12 @@ import trio
 
 from scheduler import __version__
 from scheduler.config import ConnectionSettings, RunnerSettings
+from scheduler.errors import ConnectError, PoolClosed, RpcError, RpcTimeout
 from scheduler.executor import Executor
 from scheduler.keys import KeyStore, PendingFetch
-from scheduler.metrics import Metrics
-from scheduler.pool import PoolClosed, SlotPool
-from scheduler.protocol import (
-    ConnectError,
-    FetchTaskResponse,
-    Result,
-    RpcError,
-    RunnerClient,
-    Task,
-)
+from scheduler.metrics import ConnectionMetrics, Metrics
+from scheduler.pool import SlotPool
+from scheduler.protocol import FetchTaskResponse, Result, RunnerClient, Task
 from scheduler.task.lifecycle import ORPHAN_REASON, reject_task, run_task, settle_orphan
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,6 @@ class Phase(enum.Enum):
     FETCHING = "fetching"
     UNRESOLVED = "unresolved"
     DOWN = "down"
-    DRAINING = "draining"
     STOPPED = "stopped"
 
 
@@ -82,11 +82,72 @@ def classify(exc: RpcError) -> str:
         if exc.code == "deadline_exceeded":
             return "timeout"
         return "error"
-    return "timeout" if getattr(exc, "kind", "") == "timeout" else "error"
+    return "timeout" if isinstance(exc, RpcTimeout) else "error"
+
+
+# --- what one FetchTask came back with ----------------------------------------------
+
+
+@attrs.frozen
+class Answered:
+    """The server answered: the key is settled, whatever the number of tasks."""
+
+    response: FetchTaskResponse
+
+
+@attrs.frozen
+class Unresolved:
+    """No usable answer: the server may have assigned tasks under the key. Keep it."""
+
+    error: RpcError
+
+
+@attrs.frozen
+class Refused:
+    """The server proved it did nothing: the key and the reservation can go."""
+
+    error: RpcError
+
+
+FetchOutcome = Answered | Unresolved | Refused
+
+
+@attrs.define
+class KeyDoubt:
+    """What the loop knows about sending the pending request key (the key itself,
+    its capacity and ``tasks_version`` are in the :class:`KeyStore`)."""
+
+    attempts: int = 0  # sends of the current pending key
+    unresolved: bool = False  # its outcome is unknown (exported as a timestamp)
+    logged: str | None = None  # the last error logged for it, so a repeat is not logged
+
+
+@attrs.frozen
+class ConnectionStatistics:
+    """A connection loop at one moment (see :meth:`ConnectionLoop.statistics`)."""
+
+    name: str
+    phase: Phase
+    up: bool | None  # None until the first exchange
+    declared: bool
+    last_error: str  # "" when the last exchange worked
+    pending: PendingFetch | None  # the request key in flight or in doubt
+    attempts: int  # sends of that key
+    unresolved: bool  # its outcome is unknown
+    tasks_version: int
+    stopping: bool
 
 
 @attrs.define
 class ConnectionLoop:
+    """One connection's fetch loop: Declare, wait for slots, FetchTask, start tasks.
+
+    It owns the connection's phase, health (``up``, ``last_error``) and
+    ``tasks_version``; the pending request key belongs to ``store``, the slots to
+    ``pool``. The service steers it only through :meth:`stop` and :meth:`retune`
+    and reads it through :meth:`statistics`.
+    """
+
     settings: ConnectionSettings
     runner: RunnerSettings
     client: RunnerClient
@@ -99,37 +160,74 @@ class ConnectionLoop:
     up: bool | None = None
     declared: bool = False
     tasks_version: int = 0
-    pending: PendingFetch | None = None
-    attempts: int = 0  # sends of the current pending key
-    doubt: str | None = None  # the last error logged for the current key, while unresolved
-    in_doubt: bool = False  # the current key's outcome is unknown (exported as a timestamp)
+    doubt: KeyDoubt = attrs.field(factory=KeyDoubt)
     last_error: str = ""
     redeclare: bool = False  # labels changed by a reload: Declare again before the next fetch
-    stopping: trio.Event = attrs.field(factory=trio.Event)
-    resolve_deadline: float = float("inf")
+    _stopping: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _resolve_deadline: float = attrs.field(init=False, default=float("inf"))
+    m: ConnectionMetrics = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.m = self.metrics.connection(self.name)
+
+    def __repr__(self) -> str:
+        pending = self.pending
+        key = (
+            f" key {pending.key[:8]}… for {pending.task_capacity}"
+            f" ({self.doubt.attempts} sent{', in doubt' if self.doubt.unresolved else ''})"
+            if pending is not None else ""
+        )
+        up = {None: "?", True: "up", False: "down"}[self.up]
+        return f"<ConnectionLoop {self.name} {self.phase.value} {up}{key}>"
 
     @property
     def name(self) -> str:
         return self.settings.name
 
-    # --- the loop -------------------------------------------------------------------
+    @property
+    def pending(self) -> PendingFetch | None:
+        """The request key in flight or in doubt: the store's, read through."""
+        return self.store.state.pending
+
+    # --- control (from the service) ---------------------------------------------------
+
+    def stop(self, deadline: float) -> None:
+        """No new fetches; an unresolved key is still retried until ``deadline`` (trio time)."""
+        self._resolve_deadline = deadline
+        self._stopping.set()
+
+    def retune(
+        self, settings: ConnectionSettings, runner: RunnerSettings, *, relabel: bool = False
+    ) -> None:
+        """A reload: new settings from the next step on; ``relabel`` Declares again first."""
+        self.settings = settings
+        self.runner = runner
+        self.redeclare = self.redeclare or relabel
+
+    def statistics(self) -> ConnectionStatistics:
+        return ConnectionStatistics(
+            name=self.name,
+            phase=self.phase,
+            up=self.up,
+            declared=self.declared,
+            last_error=self.last_error,
+            pending=self.pending,
+            attempts=self.doubt.attempts,
+            unresolved=self.doubt.unresolved,
+            tasks_version=self.tasks_version,
+            stopping=self._stopping.is_set(),
+        )
+
+    # --- the loop: every transition is made here --------------------------------------
 
     async def run(self, tasks: trio.Nursery) -> None:
         """Fetch until told to stop; tasks start in ``tasks`` and outlive this loop."""
-        self.pending = self.store.state.pending
-        if self.pending is not None:
-            self.attempts = 1  # it was sent (or about to be) by the previous process
-            self.tasks_version = self.pending.tasks_version
-            self._in_doubt(True)
-            log.info(
-                "connection %s: retrying the request key left by the last run "
-                "(task capacity %d) before anything else",
-                self.name, self.pending.task_capacity,
-            )
+        self._resume()
         await self._declare_until_up()
         while True:
-            if self.pending is None:
-                if self.stopping.is_set():
+            pending = self.pending
+            if pending is None:
+                if self._stopping.is_set():
                     break
                 if self.redeclare:
                     self.redeclare = False
@@ -143,30 +241,59 @@ class ConnectionLoop:
                     k = await self.pool.acquire(self.name)
                 except PoolClosed:
                     break
-                self.pending = PendingFetch.new(k, self.tasks_version)
-                self.attempts = 0
-                self.store.set_pending(self.pending)
-            elif self.stopping.is_set() and trio.current_time() >= self.resolve_deadline:
+                pending = PendingFetch.new(k, self.tasks_version)
+                self.store.set_pending(pending)  # on disk before its first use
+                self.doubt = KeyDoubt()
+            elif self._stopping.is_set() and trio.current_time() >= self._resolve_deadline:
                 log.error(
                     "connection %s: shutting down with an unresolved request key; "
                     "it stays in %s and the next start retries it",
                     self.name, self.store.path,
                 )
                 break
-            wait = await self._fetch_once(tasks)
+            self.phase = Phase.FETCHING
+            outcome = await self._fetch_once(pending)
+            if isinstance(outcome, Answered):
+                if self._answered(pending, outcome.response, tasks):
+                    continue  # the server may have more: ask again at once
+                self.phase = Phase.IDLE
+                wait = jittered(self.settings.fetch_interval, self.rng)
+            elif isinstance(outcome, Unresolved):
+                # The FetchTask retry: the key stays in the store and the slots stay
+                # reserved; the next turn sends the same key again, after a backoff.
+                self._unresolved(pending, outcome.error)
+                self.phase = Phase.UNRESOLVED
+                wait = backoff(self.doubt.attempts - 1, self.rng, base=BACKOFF_BASE,
+                               cap=BACKOFF_CAP)
+            else:
+                self._refused(outcome.error)
+                self.phase = Phase.DOWN
+                await self._declare_until_up(first_wait=True)
+                continue
             if wait > 0:
                 await self._sleep(wait)
         self.phase = Phase.STOPPED
 
-    async def _fetch_once(self, tasks: trio.Nursery) -> float:
-        """Send the pending FetchTask once; returns how long to wait before the next step."""
-        assert self.pending is not None
+    def _resume(self) -> None:
+        """A key left by the last run goes out again before anything else."""
         pending = self.pending
-        self.phase = Phase.FETCHING
-        if self.attempts:
-            self.metrics.fetch_retries_total.labels(self.name).inc()
-            self.metrics.request_keys_reused_total.labels(self.name).inc()
-        self.attempts += 1
+        if pending is None:
+            return
+        self.doubt = KeyDoubt(attempts=1)  # it was sent (or about to be) by the previous process
+        self.tasks_version = pending.tasks_version
+        self._set_unresolved(True)
+        log.info(
+            "connection %s: retrying the request key left by the last run "
+            "(task capacity %d) before anything else",
+            self.name, pending.task_capacity,
+        )
+
+    async def _fetch_once(self, pending: PendingFetch) -> FetchOutcome:
+        """Send the pending FetchTask once and say what came back; changes no state."""
+        if self.doubt.attempts:
+            self.m.fetch_retries.inc()
+            self.m.request_keys_reused.inc()
+        self.doubt.attempts += 1
         started = trio.current_time()
         try:
             resp = await self.client.fetch_task(
@@ -175,42 +302,37 @@ class ConnectionLoop:
                 request_key=pending.key,
             )
         except RpcError as exc:
-            self.metrics.fetch_duration_seconds.labels(self.name).observe(
-                trio.current_time() - started
-            )
-            self.metrics.fetch_requests_total.labels(self.name, classify(exc)).inc()
-            if exc.outcome_unknown:
-                return self._unresolved(exc)
-            return await self._refused(exc)
-        self.metrics.fetch_duration_seconds.labels(self.name).observe(trio.current_time() - started)
-        return self._answered(resp, tasks)
+            self.m.fetch_duration.observe(trio.current_time() - started)
+            self.m.fetch_requests[classify(exc)].inc()
+            return Unresolved(exc) if exc.outcome_unknown else Refused(exc)
+        self.m.fetch_duration.observe(trio.current_time() - started)
+        return Answered(resp)
 
-    def _answered(self, resp: FetchTaskResponse, tasks: trio.Nursery) -> float:
-        assert self.pending is not None
-        pending, reused = self.pending, self.attempts > 1
+    def _answered(
+        self, pending: PendingFetch, resp: FetchTaskResponse, tasks: trio.Nursery
+    ) -> bool:
+        """Settle the key and its slots, start the tasks; True if the server may have more."""
+        reused = self.doubt.attempts > 1
         n = len(resp.tasks)
-        outcome = "tasks" if n else "empty"
-        self.metrics.fetch_requests_total.labels(self.name, outcome).inc()
-        self.metrics.last_successful_fetch_timestamp_seconds.labels(self.name).set_to_current_time()
-        self.metrics.request_key_rotations_total.labels(self.name).inc()
+        self.m.fetch_requests["tasks" if n else "empty"].inc()
+        self.m.last_successful_fetch.set_to_current_time()
+        self.m.request_key_rotations.inc()
         if reused:
             log.info(
                 "connection %s: request key resolved after %d attempts: %d task(s)",
-                self.name, self.attempts, n,
+                self.name, self.doubt.attempts, n,
             )
         self._mark_up(True, "")
-        self.doubt = None
-        self._in_doubt(False)
-        ids = tuple(t.id for t in resp.tasks)
+        self.doubt.logged = None
+        self._set_unresolved(False)
         # Record the tasks and forget the key in one atomic write, before anything runs.
-        self.store.resolve(ids)
-        self.pending = None
+        self.store.resolve(tuple(t.id for t in resp.tasks))
         res = self.pool.resolve(self.name, n)
         if n:
             self.tasks_version = 0  # as forgejo-runner: force a real query next time
-            self.metrics.tasks_received_total.labels(self.name).inc(n)
+            self.m.tasks_received.inc(n)
             if reused:
-                self.metrics.tasks_recovered_total.labels(self.name).inc(n)
+                self.m.tasks_recovered.inc(n)
         else:
             self.tasks_version = max(self.tasks_version, resp.tasks_version)
         for i, task in enumerate(resp.tasks):
@@ -223,51 +345,41 @@ class ConnectionLoop:
                     f"and no runner slot is free for this one"
                 )
                 log.error("connection %s: task %d rejected: %s", self.name, task.id, reason)
-                self.metrics.tasks_rejected_total.labels(self.name).inc()
+                self.m.tasks_rejected.inc()
                 tasks.start_soon(self._reject_task, task, reason, name=f"reject-{task.id}")
-        if n and n >= pending.task_capacity:
-            return 0.0  # the server may have more: ask again at once
-        self.phase = Phase.IDLE
-        return jittered(self.settings.fetch_interval, self.rng)
+        return bool(n) and n >= pending.task_capacity
 
-    def _in_doubt(self, unresolved: bool) -> None:
-        """Export since when the current key has been unresolved (alerting on its age)."""
-        if unresolved == self.in_doubt:
-            return  # only the first doubt about a key starts the clock
-        self.in_doubt = unresolved
-        gauge = self.metrics.request_key_unresolved_since_timestamp_seconds.labels(self.name)
-        if unresolved:
-            gauge.set_to_current_time()
-        else:
-            gauge.set(0)
-
-    def _unresolved(self, exc: RpcError) -> float:
-        assert self.pending is not None
+    def _unresolved(self, pending: PendingFetch, exc: RpcError) -> None:
+        """Keep the key and the reservation; give back only slots owed to us."""
         # Once per state change: the first failure of this key, or a different error.
-        self._in_doubt(True)
-        if self.doubt != str(exc):
-            self.doubt = str(exc)
+        self._set_unresolved(True)
+        if self.doubt.logged != str(exc):
+            self.doubt.logged = str(exc)
             log.warning(
                 "connection %s: FetchTask outcome unknown (%s); keeping request key and "
                 "%d reserved slot(s), retrying",
-                self.name, exc, self.pending.task_capacity,
+                self.name, exc, pending.task_capacity,
             )
         self.last_error = str(exc)
-        self.phase = Phase.UNRESOLVED
         self.pool.forfeit(self.name)
-        return backoff(self.attempts - 1, self.rng, base=BACKOFF_BASE, cap=BACKOFF_CAP)
 
-    async def _refused(self, exc: RpcError) -> float:
-        # The server proved it did nothing: the reservation and the key can go.
-        self.doubt = None
-        self._in_doubt(False)
+    def _refused(self, exc: RpcError) -> None:
+        """The reservation and the key go; the connection is down until Declare works."""
+        self.doubt.logged = None
+        self._set_unresolved(False)
         self.pool.release(self.name)
         self.store.clear_pending()
-        self.pending = None
         self._mark_up(False, str(exc))
-        self.phase = Phase.DOWN
-        await self._declare_until_up(first_wait=True)
-        return 0.0
+
+    def _set_unresolved(self, unresolved: bool) -> None:
+        """Export since when the current key has been unresolved (alerting on its age)."""
+        if unresolved == self.doubt.unresolved:
+            return  # only the first doubt about a key starts the clock
+        self.doubt.unresolved = unresolved
+        if unresolved:
+            self.m.request_key_unresolved_since.set_to_current_time()
+        else:
+            self.m.request_key_unresolved_since.set(0)
 
     # --- declare / down -------------------------------------------------------------
 
@@ -276,15 +388,16 @@ class ConnectionLoop:
 
         Probing uses Declare, not FetchTask, so a connection that is down holds no
         slot. A refusal (bad token, deleted runner) waits long between probes; an
-        unreachable server is probed with the short backoff.
+        unreachable server is probed with the short backoff. Returns when declared,
+        or when the loop is stopping.
         """
         attempt, refused = 0, first_wait
-        while not self.stopping.is_set():
+        while not self._stopping.is_set():
             if attempt or first_wait:
                 base, cap = (DOWN_BACKOFF_BASE, DOWN_BACKOFF_CAP) if refused else (
                     BACKOFF_BASE, BACKOFF_CAP)
                 await self._sleep(max(1.0, backoff(attempt, self.rng, base=base, cap=cap)))
-                if self.stopping.is_set():
+                if self._stopping.is_set():
                     return
             attempt += 1
             try:
@@ -327,7 +440,7 @@ class ConnectionLoop:
             else:
                 log.warning("connection %s: down: %s", self.name, reason)
             self.up = up
-            self.metrics.connection_up.labels(self.name).set(1 if up else 0)
+            self.m.up.set(1 if up else 0)
             if not up and self.pending is None:
                 # Out of the entitlement computation while down, so others may borrow more.
                 self.pool.set_active(self.name, False)
@@ -340,7 +453,7 @@ class ConnectionLoop:
                 # An unresolved key is retried through shutdown; only its backoff is cut short.
                 await trio.sleep(seconds)
             else:
-                await self.stopping.wait()
+                await self._stopping.wait()
 
     # --- tasks ----------------------------------------------------------------------
 

@@ -141,25 +141,22 @@ class Sampler:
     slot_seconds: dict[str, float] = attrs.field(factory=dict)  # held: running + reserved
     busy_seconds: dict[str, float] = attrs.field(factory=dict)  # running only
     share_seconds: dict[str, float] = attrs.field(factory=dict)
-    max_in_use: int = 0
 
     async def run(self) -> None:
-        led = self.service.ledger
         last = trio.current_time()
         while True:
             await trio.sleep(SAMPLE_EVERY)
             now = trio.current_time()
             dt, last = now - last, now
-            shares = led.fair_shares()
-            for name in led.names:
-                self.slot_seconds[name] = self.slot_seconds.get(name, 0.0) + led.held(name) * dt
-                self.busy_seconds[name] = self.busy_seconds.get(name, 0.0) + led.running(name) * dt
-                self.share_seconds[name] = self.share_seconds.get(name, 0.0) + shares[name] * dt
-            self.observe()
+            for name, s in self.service.ledger.statistics().connections.items():
+                self.slot_seconds[name] = self.slot_seconds.get(name, 0.0) + s.held * dt
+                self.busy_seconds[name] = self.busy_seconds.get(name, 0.0) + s.running * dt
+                self.share_seconds[name] = self.share_seconds.get(name, 0.0) + s.fair_share * dt
 
-    def observe(self) -> None:
-        led = self.service.ledger
-        self.max_in_use = max(self.max_in_use, led.capacity - led.free)
+    @property
+    def max_in_use(self) -> int:
+        """The most slots held at once: the pool notes it after every change."""
+        return self.service.pool.statistics().peak_in_use
 
 
 async def run_demo(
@@ -174,7 +171,6 @@ async def run_demo(
                                               scenario=scenario))
             service = Service(config, seed=seed)
             sampler = Sampler(service)
-            service.slot_listeners.append(sampler.observe)
             done = trio.Event()
 
             async def run_service(task_status: trio.TaskStatus[Started]) -> None:
@@ -202,25 +198,24 @@ async def run_demo(
 
 
 async def print_progress(service: Service, sim: Simulator, t0: float, out: TextIO) -> None:
-    led = service.ledger
     while True:
         await trio.sleep(1.0)
         t = trio.current_time() - t0
-        shares = led.fair_shares()
+        stats = service.statistics()
+        slots = stats.pool.slots
         parts = []
-        for name in led.names:
-            loop = service.loops.get(name)
+        for name, s in slots.connections.items():
+            loop = stats.connections.get(name)
             phase = loop.phase.value if loop else "-"
             queued = len(sim.instances[name].waiting_jobs) if name in sim.instances else 0
             parts.append(
-                f"{name}: {led.running(name)}+{led.reserved(name)}r "
-                f"share {shares[name]:.1f} q{queued} {phase}"
+                f"{name}: {s.running}+{s.reserved}r share {s.fair_share:.1f} q{queued} {phase}"
             )
-        snap = sim.ledger.snapshot()
+        server = sim.ledger.statistics()
         print(
-            f"t={t:4.0f}s slots {led.capacity - led.free}/{led.capacity} | "
+            f"t={t:4.0f}s slots {slots.in_use}/{slots.capacity} | "
             + " | ".join(parts)
-            + f" | finished {snap['finished']} outstanding {snap['outstanding']}",
+            + f" | finished {server.finished} outstanding {server.outstanding}",
             file=out,
             flush=True,
         )
@@ -230,8 +225,7 @@ def build_report(
     service: Service, sim: Simulator, sampler: Sampler, capacity: int, duration: float,
     elapsed: float, scenario: tuple[DemoConnection, ...],
 ) -> dict[str, Any]:
-    snap = sim.ledger.snapshot()
-    per_instance = snap["instances"]
+    server = sim.ledger.statistics()
     reg = service.metrics.registry
 
     def metric(name: str, **labels: str) -> float:
@@ -248,12 +242,12 @@ def build_report(
         ss, share = sampler.slot_seconds.get(n, 0.0), sampler.share_seconds.get(n, 0.0)
         if share > 0:
             ratios.append(ss / share)
-        inst = per_instance.get(n, {})
+        inst = server.instances.get(n)
         connections[n] = {
             "weight": c.weight,
             "fetch_interval": c.fetch_interval,
-            "tasks_assigned": inst.get("assigned", 0),
-            "tasks_finished": inst.get("finished", 0),
+            "tasks_assigned": inst.assigned if inst else 0,
+            "tasks_finished": inst.finished if inst else 0,
             "fetch_requests": int(fetches),
             "fetch_retries": int(metric("fetch_retries_total", connection=n)),
             "request_keys_reused": int(metric("request_keys_reused_total", connection=n)),
@@ -264,9 +258,9 @@ def build_report(
             "fair_share_slot_seconds": round(share, 2),
             "fair_share": round(share / elapsed, 3) if elapsed else 0.0,
         }
-    lost = int(snap["lost"])
-    duplicates = int(snap["duplicate_executions"])
-    peak = int(snap["peak_outstanding"])
+    lost = server.lost
+    duplicates = server.duplicate_executions
+    peak = server.peak_outstanding
     ok = lost == 0 and duplicates == 0 and peak <= capacity and sampler.max_in_use <= capacity
     return {
         "ok": ok,
@@ -275,8 +269,8 @@ def build_report(
         "elapsed_s": round(elapsed, 2),
         "max_slots_in_use": sampler.max_in_use,
         "peak_outstanding_on_servers": peak,
-        "tasks_assigned": int(snap["assigned"]),
-        "tasks_finished": int(snap["finished"]),
+        "tasks_assigned": server.assigned,
+        "tasks_finished": server.finished,
         "lost_tasks": lost,
         "duplicate_executions": duplicates,
         "jain_index": round(jain_index(ratios), 4),

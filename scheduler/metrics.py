@@ -24,13 +24,17 @@ base units, ``_total`` on counters, ``build_info`` with value 1).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
+import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from scheduler.config import Share
+from scheduler.slots import LedgerStatistics
 
 PREFIX: Final = "forgejo_scheduler"
 
@@ -78,18 +82,52 @@ class _WithoutCreated:
             yield family
 
 
+@attrs.frozen
+class ConnectionMetrics:
+    """One connection's series, the ``.labels(name)`` children created once.
+
+    Held by whoever writes them (the connection loop, the pool's export), so a
+    write is ``m.fetch_retries.inc()`` and no call site spells the label again.
+    """
+
+    fetch_requests: Mapping[str, Counter]  # by outcome (FETCH_OUTCOMES)
+    fetch_duration: Histogram
+    fetch_retries: Counter
+    request_keys_reused: Counter
+    request_key_unresolved_since: Gauge
+    request_key_rotations: Counter
+    tasks_received: Counter
+    tasks_recovered: Counter
+    tasks_rejected: Counter
+    tasks_running: Gauge
+    tasks_finished: Mapping[str, Counter]  # by result (TASK_RESULTS)
+    task_duration: Histogram
+    up: Gauge
+    last_successful_fetch: Gauge
+    slots_held: Gauge
+    slots_reserved: Gauge
+    fair_share: Gauge
+    waiting_for_slot: Gauge
+    slot_wait: Histogram
+    weight: Gauge
+    min_slots: Gauge
+    max_slots: Gauge
+
+
 class Metrics:
     """All metrics of one service, in its own CollectorRegistry (never the global one).
 
-    Attributes are the prometheus_client metric objects; callers use them directly
-    (``m.slots_held.labels(connection=name).set(3)``). Gauges that mirror state
-    (held, reserved, fair share, running, up) are *set* by their owner from the
-    authoritative state rather than inc/dec'd, so they cannot drift.
+    Attributes are the prometheus_client metric objects. A connection's series are
+    reached through its :class:`ConnectionMetrics` (``add_connection`` returns it,
+    ``connection(name)`` finds it): ``metrics.connection("home").slots_held.set(3)``.
+    Gauges that mirror state (held, reserved, fair share, running, up) are *set* by
+    their owner from the authoritative state (the slot gauges from a ledger snapshot,
+    :meth:`export_slots`) rather than inc/dec'd, so they cannot drift.
     """
 
     def __init__(self, *, capacity: int, connections: Sequence[str], version: str) -> None:
         self.registry = CollectorRegistry()
-        self._connections: set[str] = set()
+        self._connections: dict[str, ConnectionMetrics] = {}
         self._per_connection: list[MetricWrapperBase] = []
 
         c = ("connection",)
@@ -203,30 +241,87 @@ class Metrics:
         self.fairness_jain_index.set(1)  # no contention yet: perfectly fair by definition
         self.build_info.labels(version=version).set(1)
         for name in connections:
-            self.add_connection(name, weight=1, min_slots=0, max_slots=capacity)
+            self.add_connection(name, Share(1, 0, capacity))
 
     # --- per-connection lifecycle -----------------------------------------------
 
-    def add_connection(self, name: str, *, weight: float, min_slots: int, max_slots: int) -> None:
+    def add_connection(self, name: str, share: Share) -> ConnectionMetrics:
         """Create every per-connection series at 0 and set the config gauges.
 
         All ``outcome`` and ``result`` label values are created too. Idempotent:
         calling it again for a known connection only updates the three config gauges;
-        counters and state gauges keep their values.
+        counters and state gauges keep their values. Returns its children.
         """
-        for metric in self._per_connection:
-            if metric is self.fetch_requests_total:
-                for outcome in FETCH_OUTCOMES:
-                    metric.labels(connection=name, outcome=outcome)
-            elif metric is self.tasks_finished_total:
-                for result in TASK_RESULTS:
-                    metric.labels(connection=name, result=result)
-            else:
-                metric.labels(connection=name)
-        self.connection_weight.labels(connection=name).set(weight)
-        self.connection_min_slots.labels(connection=name).set(min_slots)
-        self.connection_max_slots.labels(connection=name).set(max_slots)
-        self._connections.add(name)
+        children = self._connections.get(name)
+        if children is None:
+            for metric in self._per_connection:  # every series, even one without a child
+                if metric is self.fetch_requests_total:
+                    for outcome in FETCH_OUTCOMES:
+                        metric.labels(connection=name, outcome=outcome)
+                elif metric is self.tasks_finished_total:
+                    for result in TASK_RESULTS:
+                        metric.labels(connection=name, result=result)
+                else:
+                    metric.labels(connection=name)
+            children = self._children(name)
+            self._connections[name] = children
+        children.weight.set(share.weight)
+        children.min_slots.set(share.min_slots)
+        if share.max_slots is not None:
+            children.max_slots.set(share.max_slots)
+        return children
+
+    def connection(self, name: str) -> ConnectionMetrics:
+        """The children of a connection added with :meth:`add_connection`."""
+        return self._connections[name]
+
+    def _children(self, name: str) -> ConnectionMetrics:
+        return ConnectionMetrics(
+            fetch_requests={
+                o: self.fetch_requests_total.labels(connection=name, outcome=o)
+                for o in FETCH_OUTCOMES
+            },
+            fetch_duration=self.fetch_duration_seconds.labels(connection=name),
+            fetch_retries=self.fetch_retries_total.labels(connection=name),
+            request_keys_reused=self.request_keys_reused_total.labels(connection=name),
+            request_key_unresolved_since=(
+                self.request_key_unresolved_since_timestamp_seconds.labels(connection=name)
+            ),
+            request_key_rotations=self.request_key_rotations_total.labels(connection=name),
+            tasks_received=self.tasks_received_total.labels(connection=name),
+            tasks_recovered=self.tasks_recovered_total.labels(connection=name),
+            tasks_rejected=self.tasks_rejected_total.labels(connection=name),
+            tasks_running=self.tasks_running.labels(connection=name),
+            tasks_finished={
+                r: self.tasks_finished_total.labels(connection=name, result=r)
+                for r in TASK_RESULTS
+            },
+            task_duration=self.task_duration_seconds.labels(connection=name),
+            up=self.connection_up.labels(connection=name),
+            last_successful_fetch=(
+                self.last_successful_fetch_timestamp_seconds.labels(connection=name)
+            ),
+            slots_held=self.slots_held.labels(connection=name),
+            slots_reserved=self.slots_reserved.labels(connection=name),
+            fair_share=self.fair_share_slots.labels(connection=name),
+            waiting_for_slot=self.connection_waiting_for_slot.labels(connection=name),
+            slot_wait=self.slot_wait_seconds.labels(connection=name),
+            weight=self.connection_weight.labels(connection=name),
+            min_slots=self.connection_min_slots.labels(connection=name),
+            max_slots=self.connection_max_slots.labels(connection=name),
+        )
+
+    def export_slots(self, slots: LedgerStatistics) -> None:
+        """Set the slot gauges from a ledger snapshot (after every change of the ledger)."""
+        for name, s in slots.connections.items():
+            children = self._connections.get(name)
+            if children is None:
+                continue  # a ledger without metrics for it (only in tests)
+            children.slots_held.set(s.held)
+            children.slots_reserved.set(s.reserved)
+            children.fair_share.set(s.fair_share)
+            children.waiting_for_slot.set(1 if s.hungry else 0)
+        self.fairness_jain_index.set(slots.jain_index)
 
     def remove_connection(self, name: str) -> None:
         """Drop every series of that connection (a reload removed it from the config).
@@ -248,7 +343,7 @@ class Metrics:
                     metric.remove(*key)
                 except KeyError:
                     pass
-        self._connections.discard(name)
+        del self._connections[name]
 
     @property
     def connections(self) -> frozenset[str]:

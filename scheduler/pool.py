@@ -9,35 +9,63 @@ server is slow blocks nobody; only its own reservation waits with it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
+import attrs
 import trio
 
-from scheduler.slots import Grant, Resolution, SlotLedger
+from scheduler.errors import PoolClosed
+from scheduler.metrics import Metrics
+from scheduler.slots import LedgerStatistics, Resolution, SlotLedger
 
 log = logging.getLogger(__name__)
 
 
-class PoolClosed(Exception):
-    """The service is shutting down: no more grants."""
+@attrs.frozen
+class PoolStatistics:
+    """The pool at one moment (as trio's ``CapacityLimiter.statistics()``)."""
+
+    closed: bool
+    waiting: tuple[str, ...]  # connections blocked in ``acquire``
+    peak_in_use: int  # the most slots held at once since the pool was made
+    slots: LedgerStatistics
 
 
 class SlotPool:
-    def __init__(
-        self,
-        ledger: SlotLedger,
-        *,
-        on_change: Callable[[], None] | None = None,
-        on_grant: Callable[[Grant, float], None] | None = None,
-    ) -> None:
+    """Where connection loops wait for runner slots; the only caller of the ledger's moves.
+
+    A loop calls :meth:`acquire` and gets k ≥ 1 slots reserved for one FetchTask, then
+    tells the pool what the answer did with them (:meth:`resolve`, :meth:`forfeit`,
+    :meth:`release`) and when a task is over (:meth:`finish`). After every move the
+    pool re-runs the grant rule, wakes whoever was granted and exports the ledger's
+    state to ``metrics`` (slot gauges, and each grant's wait): data flows from the
+    ledger out, nothing calls back into the service.
+    """
+
+    def __init__(self, ledger: SlotLedger, metrics: Metrics | None = None) -> None:
         self.ledger = ledger
         self.closed = False
-        self._on_change = on_change or (lambda: None)
-        self._on_grant = on_grant or (lambda g, wait: None)
+        self._metrics = metrics
         self._waiters: dict[str, trio.Event] = {}
         self._hungry_since: dict[str, float] = {}
         self._granted: dict[str, int] = {}
         self._closed_names: set[str] = set()
+        self._peak_in_use = 0
+
+    def __repr__(self) -> str:
+        waiting = ", ".join(self._waiters) or "-"
+        state = "closed" if self.closed else "open"
+        return (
+            f"<SlotPool {state} in use {self.ledger.capacity - self.ledger.free}"
+            f"/{self.ledger.capacity} waiting: {waiting}>"
+        )
+
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(
+            closed=self.closed,
+            waiting=tuple(self._waiters),
+            peak_in_use=self._peak_in_use,
+            slots=self.ledger.statistics(),
+        )
 
     async def acquire(self, name: str) -> int:
         """Wait until ``name`` is granted k ≥ 1 slots; returns k (now reserved for it)."""
@@ -70,12 +98,12 @@ class SlotPool:
     def restore(self, name: str, slots: int) -> int:
         """Re-reserve a persisted key's capacity; call before any connection starts."""
         got = self.ledger.restore(name, slots)
-        self._on_change()
+        self._changed()
         return got
 
     def adopt(self, name: str, tasks: int) -> int:
         got = self.ledger.adopt(name, tasks)
-        self._on_change()
+        self._changed()
         return got
 
     def resolve(self, name: str, tasks: int) -> Resolution:
@@ -108,7 +136,7 @@ class SlotPool:
             self.ledger.withdraw(name)  # also frees slots owed to fetching connections
         for event in list(self._waiters.values()):
             event.set()
-        self._on_change()
+        self._changed()
 
     def close_connection(self, name: str) -> None:
         """No more grants for ``name`` (it is being removed); its waiter gets PoolClosed."""
@@ -132,7 +160,8 @@ class SlotPool:
             for grant in self.ledger.grant():
                 self._granted[grant.connection] = grant.slots
                 waited = now - self._hungry_since.pop(grant.connection, now)
-                self._on_grant(grant, waited)
+                if self._metrics is not None:
+                    self._metrics.connection(grant.connection).slot_wait.observe(waited)
                 event = self._waiters.get(grant.connection)
                 if event is None:  # the ledger only grants hungry connections, who all wait
                     log.error("grant for %s with no waiter; releasing", grant.connection)
@@ -140,4 +169,11 @@ class SlotPool:
                     self.ledger.release(grant.connection)
                     continue
                 event.set()
-        self._on_change()
+        self._changed()
+
+    def _changed(self) -> None:
+        """After every move: note the peak, export the ledger's state."""
+        in_use = self.ledger.capacity - self.ledger.free
+        self._peak_in_use = max(self._peak_in_use, in_use)
+        if self._metrics is not None:
+            self._metrics.export_slots(self.ledger.statistics())

@@ -14,14 +14,12 @@ import sys
 from pathlib import Path
 from typing import Final
 
-__all__ = ["MAX_SECRET_FILE_BYTES", "SecretFileError", "read_secret_file"]
+from scheduler.errors import SecretFileError
+
+__all__ = ["MAX_SECRET_FILE_BYTES", "read_secret_file"]
 
 #: Far above a token (40 hex characters) or a .runner file; a bigger file is not one.
 MAX_SECRET_FILE_BYTES: Final = 64 * 1024
-
-
-class SecretFileError(ValueError):
-    """Why the file gave no token, starting with the file's name (never its content)."""
 
 
 def read_secret_file(source: Path | str) -> str:

@@ -23,23 +23,18 @@ import attrs
 import trio
 
 from scheduler import __version__
-from scheduler.config import (
-    Config,
-    ConfigError,
-    ConnectionSettings,
-    config_warnings,
-    load_config,
-)
-from scheduler.connection import ConnectionLoop, Phase
+from scheduler.config import Config, ConnectionSettings, config_warnings, load_config
+from scheduler.connection import ConnectionLoop, ConnectionStatistics
+from scheduler.errors import ConfigError
 from scheduler.executor import Executor
 from scheduler.executor.host import HostExecutor
 from scheduler.http import make_app, serve_http
 from scheduler.keys import KeyStore
 from scheduler.metrics import Metrics
-from scheduler.pool import SlotPool
+from scheduler.pool import PoolStatistics, SlotPool
 from scheduler.protocol import RunnerClient, ssl_context
 from scheduler.reload import plan_reload
-from scheduler.slots import Grant, SlotLedger
+from scheduler.slots import SlotLedger
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +59,36 @@ class Started:
     metrics_address: tuple[str, int] | None
 
 
+@attrs.define
+class ConnectionEntry:
+    """Everything the service keeps about one connection (its settings are in the config)."""
+
+    store: KeyStore
+    loop: ConnectionLoop | None = None  # once its client is open
+    tasks: trio.CancelScope | None = None  # the nursery its tasks run in (abort cancels it)
+    orphans: list[tuple[int, bool]] = attrs.field(factory=list)  # (task id, holds a slot)
+    removing: bool = False  # a reload removed it: forgotten once its loop and tasks end
+
+
+@attrs.frozen
+class ServiceStatistics:
+    """The service at one moment: its phase, the pool, and every running loop."""
+
+    phase: str
+    pool: PoolStatistics
+    connections: Mapping[str, ConnectionStatistics]
+
+
 class Service:
+    """The whole runner: one pool of slots shared by one loop per connection.
+
+    Builds the ledger, pool, metrics and executor from a :class:`Config`, restores
+    what a previous process left on disk, then runs every connection's loop in one
+    nursery until :meth:`request_stop` (graceful) or :meth:`abort`. A reload
+    (:meth:`reload`) adds, retunes and drains connections without touching running
+    tasks. Health and the /healthz detail come from :meth:`statistics`.
+    """
+
     def __init__(
         self,
         config: Config,
@@ -83,23 +107,31 @@ class Service:
         names = [c.name for c in config.connections]
         self.metrics = Metrics(capacity=runner.capacity, connections=names, version=__version__)
         self.ledger = SlotLedger(runner.capacity)
+        self.pool = SlotPool(self.ledger, self.metrics)
+        self.entries: dict[str, ConnectionEntry] = {}
         for c in config.connections:
-            self.ledger.add(c.name, weight=c.weight, min_slots=c.min_slots, max_slots=c.max_slots)
-            self.metrics.add_connection(
-                c.name, weight=c.weight, min_slots=c.min_slots, max_slots=c.max_slots
-            )
-        # Called after every change of the ledger (the demo's sampler listens here).
-        self.slot_listeners: list[Callable[[], None]] = [self._export_slots]
-        self.pool = SlotPool(self.ledger, on_change=self._slots_changed, on_grant=self._on_grant)
-        self.stores = {c.name: KeyStore(Path(runner.state_dir), c.name) for c in config.connections}
-        self.loops: dict[str, ConnectionLoop] = {}
+            self._register(c)
         self.phase = "starting"
         self._stop = trio.Event()
-        self._task_scopes: dict[str, trio.CancelScope] = {}
-        self._orphans: dict[str, list[tuple[int, bool]]] = {}
         self._drain_deadline = float("inf")
         self._conns: trio.Nursery | None = None
-        self._removing: set[str] = set()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Service {self.phase} capacity {self.ledger.capacity} "
+            f"connections: {', '.join(self.entries) or '-'}>"
+        )
+
+    def _register(self, c: ConnectionSettings) -> None:
+        """A connection joins the ledger, the metrics and the service's entries."""
+        self.ledger.add(c.name, c.share)
+        self.metrics.add_connection(c.name, c.share)
+        self.entries[c.name] = ConnectionEntry(KeyStore(Path(self.config.runner.state_dir), c.name))
+
+    @property
+    def loops(self) -> dict[str, ConnectionLoop]:
+        """The connection loops that have started (a view of :attr:`entries`)."""
+        return {name: e.loop for name, e in self.entries.items() if e.loop is not None}
 
     # --- control --------------------------------------------------------------------
 
@@ -114,8 +146,12 @@ class Service:
         """Cancel running tasks now (they are still reported to their servers)."""
         log.warning("cancelling every running task now")
         self._stop.set()
-        for scope in self._task_scopes.values():
-            scope.cancel()
+        self._cancel_tasks()
+
+    def _cancel_tasks(self) -> None:
+        for entry in self.entries.values():
+            if entry.tasks is not None:
+                entry.tasks.cancel()
 
     @staticmethod
     def _labels_by_connection(config: Config) -> dict[str, tuple[str, ...]]:
@@ -144,19 +180,15 @@ class Service:
             self.ledger.set_capacity(runner.capacity)
             self.metrics.capacity_slots.set(runner.capacity)
         self.config = plan.config
+        retuned = {c.name: c for c in plan.retuned}
         for c in plan.retuned:
             log.info("reload: connection %s: weight %g, slots %d..%d, fetch every %gs",
                      c.name, c.weight, c.min_slots, c.max_slots, c.fetch_interval)
-            self.ledger.configure(c.name, weight=c.weight, min_slots=c.min_slots,
-                                  max_slots=c.max_slots)
-            self.metrics.add_connection(c.name, weight=c.weight, min_slots=c.min_slots,
-                                        max_slots=c.max_slots)
-            loop = self.loops.get(c.name)
-            if loop is not None:
-                loop.settings = c
-                loop.redeclare = loop.redeclare or c.name in plan.relabelled
-        for loop in self.loops.values():
-            loop.runner = runner
+            self.ledger.configure(c.name, c.share)
+            self.metrics.add_connection(c.name, c.share)
+        for name, loop in self.loops.items():
+            loop.retune(retuned.get(name, loop.settings), runner,
+                        relabel=name in plan.relabelled)
         if isinstance(self.executor, HostExecutor):
             # Connections being removed keep theirs while their tasks finish.
             self.executor.labels = {**old_labels, **self._labels_by_connection(plan.config)}
@@ -168,11 +200,8 @@ class Service:
 
     def _add_connection(self, c: ConnectionSettings) -> None:
         log.info("reload: connection %s added (%s)", c.name, c.url)
-        self.ledger.add(c.name, weight=c.weight, min_slots=c.min_slots, max_slots=c.max_slots)
-        self.metrics.add_connection(c.name, weight=c.weight, min_slots=c.min_slots,
-                                    max_slots=c.max_slots)
+        self._register(c)
         self.pool.reopen_connection(c.name)
-        self.stores[c.name] = KeyStore(Path(self.config.runner.state_dir), c.name)
         self._restore_one(c.name)
         if self._conns is not None and not self._stop.is_set():
             self._conns.start_soon(self._connection_main, c, name=f"connection-{c.name}")
@@ -180,22 +209,18 @@ class Service:
     def _remove_connection(self, name: str) -> None:
         """Drain: no new grants, an unresolved key is still retried, running tasks finish."""
         log.info("reload: connection %s removed; draining it", name)
-        self._removing.add(name)
+        entry = self.entries[name]
+        entry.removing = True
         self.pool.close_connection(name)
-        loop = self.loops.get(name)
-        if loop is not None:
-            loop.resolve_deadline = trio.current_time() + self.config.runner.shutdown_timeout
-            loop.stopping.set()
+        if entry.loop is not None:
+            entry.loop.stop(trio.current_time() + self.config.runner.shutdown_timeout)
 
     def _forget_connection(self, name: str) -> None:
         """The last step of a removal, once its loop and tasks are done."""
-        self._removing.discard(name)
         self.pool.release(name)  # an unresolved key past its deadline: it stays on disk
         self.ledger.remove(name)
         self.metrics.remove_connection(name)
-        self.loops.pop(name, None)
-        self.stores.pop(name, None)
-        self._task_scopes.pop(name, None)
+        del self.entries[name]
         log.info("reload: connection %s removed", name)
 
     # --- health (scheduler.http.HealthSource) ----------------------------------------
@@ -206,20 +231,30 @@ class Service:
     def ready(self) -> bool:
         return self.phase == "running" and any(loop.declared for loop in self.loops.values())
 
+    def statistics(self) -> ServiceStatistics:
+        return ServiceStatistics(
+            phase=self.phase,
+            pool=self.pool.statistics(),
+            connections={name: loop.statistics() for name, loop in self.loops.items()},
+        )
+
     def status(self) -> Mapping[str, object]:
+        """The /healthz detail: :meth:`statistics` rendered to its JSON keys."""
+        stats = self.statistics()
+        slots = stats.pool.slots
         return {
-            "phase": self.phase,
-            "capacity": self.ledger.capacity,
-            "free": self.ledger.free,
+            "phase": stats.phase,
+            "capacity": slots.capacity,
+            "free": slots.free,
             "connections": {
                 name: {
-                    "phase": loop.phase.value,
-                    "up": loop.up,
-                    "running": self.ledger.running(name),
-                    "reserved": self.ledger.reserved(name),
-                    "last_error": loop.last_error or None,
+                    "phase": c.phase.value,
+                    "up": c.up,
+                    "running": slots.connections[name].running,
+                    "reserved": slots.connections[name].reserved,
+                    "last_error": c.last_error or None,
                 }
-                for name, loop in self.loops.items()
+                for name, c in stats.connections.items()
             },
         }
 
@@ -227,11 +262,12 @@ class Service:
 
     def _restore(self) -> None:
         """Before any grant: unresolved keys get their slots back, orphans are counted."""
-        for name in self.stores:
+        for name in self.entries:
             self._restore_one(name)
 
     def _restore_one(self, name: str) -> None:
-        state = self.stores[name].load()
+        entry = self.entries[name]
+        state = entry.store.load()
         if state.pending is not None:
             got = self.pool.restore(name, state.pending.task_capacity)
             log.info(
@@ -241,7 +277,7 @@ class Service:
             )
         if state.running:
             held = self.pool.adopt(name, len(state.running))
-            self._orphans[name] = [(t, i < held) for i, t in enumerate(state.running)]
+            entry.orphans = [(t, i < held) for i, t in enumerate(state.running)]
 
     async def run(
         self, *, task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED
@@ -274,61 +310,41 @@ class Service:
         runner = self.config.runner
         self._drain_deadline = trio.current_time() + runner.shutdown_timeout
         for loop in self.loops.values():
-            loop.resolve_deadline = self._drain_deadline
-            loop.stopping.set()
+            loop.stop(self._drain_deadline)
         root.start_soon(self._shutdown_watchdog, self._drain_deadline)
 
     async def _shutdown_watchdog(self, deadline: float) -> None:
         await trio.sleep_until(deadline)
         timeout = self.config.runner.shutdown_timeout
-        running = sum(self.ledger.running(n) for n in self.loops)
+        slots = self.ledger.statistics().connections
+        running = sum(slots[n].running for n in self.loops)
         if running:
             log.warning("shutdown_timeout (%gs) reached: cancelling %d running task(s)",
                         timeout, running)
-        for scope in self._task_scopes.values():
-            scope.cancel()
+        self._cancel_tasks()
 
     async def _connection_main(self, settings: ConnectionSettings) -> None:
         name = settings.name
+        entry = self.entries[name]
         async with self.client_factory(settings, self.config.runner.fetch_timeout) as client:
             loop = ConnectionLoop(
                 settings=settings,
                 runner=self.config.runner,
                 client=client,
                 pool=self.pool,
-                store=self.stores[name],
+                store=entry.store,
                 executor=self.executor,
                 metrics=self.metrics,
                 rng=random.Random(self.rng.random()),
             )
-            self.loops[name] = loop
+            entry.loop = loop
             if self._stop.is_set():  # stopped before this loop got going
-                loop.resolve_deadline = self._drain_deadline
-                loop.stopping.set()
+                loop.stop(self._drain_deadline)
             async with trio.open_nursery() as tasks:
-                self._task_scopes[name] = tasks.cancel_scope
-                for task_id, holds_slot in self._orphans.pop(name, []):
+                entry.tasks = tasks.cancel_scope
+                orphans, entry.orphans = entry.orphans, []
+                for task_id, holds_slot in orphans:
                     tasks.start_soon(loop.report_orphan, task_id, holds_slot)
                 await loop.run(tasks)
-            loop.phase = Phase.STOPPED
-        if name in self._removing:
+        if entry.removing:
             self._forget_connection(name)
-
-    # --- metrics --------------------------------------------------------------------
-
-    def _slots_changed(self) -> None:
-        for listener in self.slot_listeners:
-            listener()
-
-    def _on_grant(self, grant: Grant, waited: float) -> None:
-        self.metrics.slot_wait_seconds.labels(grant.connection).observe(waited)
-
-    def _export_slots(self) -> None:
-        m, led = self.metrics, self.ledger
-        shares = led.fair_shares()
-        for name in led.names:
-            m.slots_held.labels(name).set(led.held(name))
-            m.slots_reserved.labels(name).set(led.reserved(name))
-            m.fair_share_slots.labels(name).set(shares[name])
-            m.connection_waiting_for_slot.labels(name).set(1 if led.is_hungry(name) else 0)
-        m.fairness_jain_index.set(led.jain_index())

@@ -44,12 +44,15 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 import attrs
 
+from scheduler.config import Share
+from scheduler.errors import LedgerError
 
-class LedgerError(RuntimeError):
-    """A caller broke the ledger's protocol (a bug, never a runtime condition)."""
+#: Weight 1, nothing guaranteed, capped only by the capacity.
+EQUAL_SHARE: Final = Share()
 
 
 @attrs.define
@@ -79,6 +82,37 @@ class ConnectionSlots:
 class Grant:
     connection: str
     slots: int
+
+
+@attrs.frozen
+class SlotStatistics:
+    """One connection's slots at one moment (see :meth:`SlotLedger.statistics`)."""
+
+    held: int  # running + reserved + owed
+    reserved: int
+    owed: int
+    running: int
+    hungry: bool  # waiting for a grant now
+    active: bool  # counted in the entitlement (not down)
+    fair_share: float  # its water-filling target now (0 when it neither wants nor holds)
+
+
+@attrs.frozen
+class LedgerStatistics:
+    """The whole ledger at one moment: a value, safe to keep and compare.
+
+    As trio's ``CapacityLimiter.statistics()``: read by /healthz, the metrics, the
+    demo and the tests instead of asking the ledger one number at a time.
+    """
+
+    capacity: int
+    free: int
+    connections: Mapping[str, SlotStatistics]
+    jain_index: float  # over demanding connections, held / fair share
+
+    @property
+    def in_use(self) -> int:
+        return self.capacity - self.free
 
 
 @attrs.frozen
@@ -137,6 +171,10 @@ def jain_index(values: Iterable[float]) -> float:
 class SlotLedger:
     """The process-wide ledger of runner slots, and the fair-share grant rule."""
 
+    def __repr__(self) -> str:
+        held = ", ".join(f"{c.name}={c.held}" for c in self._conns.values())
+        return f"<SlotLedger capacity {self.capacity} free {self.free} held: {held or '-'}>"
+
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise LedgerError("capacity must be at least 1")
@@ -146,17 +184,18 @@ class SlotLedger:
 
     # --- membership and configuration -----------------------------------------------
 
-    def add(
-        self, name: str, *, weight: float = 1.0, min_slots: int = 0, max_slots: int | None = None
-    ) -> None:
+    def add(self, name: str, share: Share = EQUAL_SHARE) -> None:
         if name in self._conns:
             raise LedgerError(f"connection {name!r} already in the ledger")
-        self._conns[name] = ConnectionSlots(name, weight, min_slots, max_slots or self.capacity)
+        self._conns[name] = ConnectionSlots(
+            name, share.weight, share.min_slots, share.max_slots or self.capacity
+        )
 
-    def configure(self, name: str, *, weight: float, min_slots: int, max_slots: int) -> None:
+    def configure(self, name: str, share: Share) -> None:
         """Change a connection's share; takes effect from the next grant (no pre-emption)."""
         c = self._get(name)
-        c.weight, c.min_slots, c.max_slots = weight, min_slots, max_slots
+        c.weight, c.min_slots = share.weight, share.min_slots
+        c.max_slots = share.max_slots or self.capacity
 
     def set_capacity(self, capacity: int) -> None:
         """A smaller capacity never takes a slot back: grants stop until enough have freed."""
@@ -218,9 +257,27 @@ class SlotLedger:
         return shares
 
     def jain_index(self) -> float:
-        shares = self.fair_shares()
+        return self._jain_index(self.fair_shares())
+
+    def _jain_index(self, shares: Mapping[str, float]) -> float:
         return jain_index(
             c.held / shares[c.name] for c in self.demanding() if shares[c.name] > 0
+        )
+
+    def statistics(self) -> LedgerStatistics:
+        """A frozen snapshot of every connection's slots, its fair share and the Jain index."""
+        shares = self.fair_shares()
+        return LedgerStatistics(
+            capacity=self.capacity,
+            free=self.free,
+            connections={
+                c.name: SlotStatistics(
+                    held=c.held, reserved=c.reserved, owed=c.owed, running=c.running,
+                    hungry=c.hungry, active=c.active, fair_share=shares[c.name],
+                )
+                for c in self._conns.values()
+            },
+            jain_index=self._jain_index(shares),
         )
 
     def entitlement(self, name: str) -> int:

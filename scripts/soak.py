@@ -39,11 +39,11 @@ def fetches(sim: Simulator) -> int:
 
 
 def line(sim: Simulator, t: float, kills: int) -> str:
-    s = sim.ledger.snapshot()
+    s = sim.ledger.statistics()
     return (
-        f"t={t:5.0f}s kills={kills} fetches={fetches(sim)} assigned={s['assigned']} "
-        f"finished={s['finished']} outstanding={s['outstanding']} "
-        f"peak={s['peak_outstanding']} dup={s['duplicate_executions']}"
+        f"t={t:5.0f}s kills={kills} fetches={fetches(sim)} assigned={s.assigned} "
+        f"finished={s.finished} outstanding={s.outstanding} "
+        f"peak={s.peak_outstanding} dup={s.duplicate_executions}"
     )
 
 
@@ -90,19 +90,19 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         code = await daemon.wait(within=180)
         elapsed = trio.current_time() - t0
         nursery.cancel_scope.cancel()
-    snap = sim.ledger.snapshot()
+    snap = sim.ledger.statistics()
     report: dict[str, object] = {
         "seconds": round(elapsed, 1),
         "kills": kills,
         "fetch_task_calls": fetches(sim),
-        "assigned": snap["assigned"],
-        "finished": snap["finished"],
-        "lost": snap["lost"],
-        "duplicate_executions": snap["duplicate_executions"],
-        "redelivered": snap["redelivered"],
-        "peak_outstanding": snap["peak_outstanding"],
+        "assigned": snap.assigned,
+        "finished": snap.finished,
+        "lost": snap.lost,
+        "duplicate_executions": snap.duplicate_executions,
+        "redelivered": snap.redelivered,
+        "peak_outstanding": snap.peak_outstanding,
         "capacity": args.capacity,
-        "results": snap["results"],
+        "results": dict(snap.results),
         "duplicates": {
             str(r.task_id): r.duplicate_reasons for r in sim.ledger.tasks.values() if r.duplicate
         },

@@ -28,7 +28,8 @@ import pytest
 import trio
 import trio.testing
 
-from scheduler.protocol import RunnerClient, TransportFailure
+from scheduler.errors import OversizedAnswer, TransportFailure
+from scheduler.protocol import RunnerClient
 from scheduler.service import Service
 from tests.support.fake_forgejo import FakeForgejo, fake_connection
 from tests.support.logs import lines
@@ -306,5 +307,5 @@ async def test_answer_larger_than_the_default_limit_is_cut_off() -> None:
             with pytest.raises(TransportFailure) as info:
                 await client.fetch_task(tasks_version=0, task_capacity=1, request_key="k")
         nursery.cancel_scope.cancel()
-    assert info.value.kind == "oversized" and "67108864" in str(info.value)
+    assert isinstance(info.value, OversizedAnswer) and "67108864" in str(info.value)
     assert sent[0] < 80 * 0x100000  # it stopped reading (the socket buffers hold a few MiB)

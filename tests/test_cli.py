@@ -70,7 +70,7 @@ async def test_run_daemon_serves_metrics_and_stops_on_sigterm(tmp_path: Path) ->
                 sim.instances[name].add_job(duration=0.2)
         daemon = await w.start()
         with trio.fail_after(60):
-            while sim.ledger.snapshot()["finished"] < 6:
+            while sim.ledger.statistics().finished < 6:
                 await trio.sleep(0.1)
         async with httpx.AsyncClient(base_url=daemon.metrics_url) as http:
             metrics = (await http.get("/metrics")).text
@@ -101,4 +101,4 @@ async def test_second_sigterm_cancels_running_tasks_and_reports_them(tmp_path: P
         daemon.signal(signal.SIGTERM)  # cancel now
         code = await daemon.wait(within=30)
     assert code == 0
-    assert sim.ledger.snapshot()["results"] == {"RESULT_CANCELLED": 1}
+    assert sim.ledger.statistics().results == {"RESULT_CANCELLED": 1}

@@ -8,7 +8,15 @@ from functools import partial
 import pytest
 import trio
 
-from scheduler.protocol import ConnectError, RunnerClient, TransportFailure
+from scheduler.errors import (
+    ConnectError,
+    MalformedAnswer,
+    OversizedAnswer,
+    RpcTimeout,
+    TransportBroken,
+    TransportFailure,
+)
+from scheduler.protocol import RunnerClient
 
 Handler = Callable[[trio.SocketStream, bytes], Awaitable[None]]
 
@@ -94,19 +102,19 @@ async def test_connect_errors(
 @pytest.mark.parametrize(
     ("handler_body", "ctype", "kind"),
     [
-        (b"not json", "application/json", "malformed"),
-        (b"[1,2]", "application/json", "malformed"),
-        (b'{"task":{"id":"x"}}', "application/json", "malformed"),
-        (b"{}", "text/html", "malformed"),
+        (b"not json", "application/json", MalformedAnswer),
+        (b"[1,2]", "application/json", MalformedAnswer),
+        (b'{"task":{"id":"x"}}', "application/json", MalformedAnswer),
+        (b"{}", "text/html", MalformedAnswer),
     ],
 )
 async def test_malformed_answers_are_unknown_outcomes(
-    nursery: trio.Nursery, handler_body: bytes, ctype: str, kind: str
+    nursery: trio.Nursery, handler_body: bytes, ctype: str, kind: type[TransportFailure]
 ) -> None:
     async with await client_for(nursery, reply(200, handler_body, ctype)) as client:
         with pytest.raises(TransportFailure) as info:
             await client.fetch_task(tasks_version=0, task_capacity=1, request_key="k")
-    assert info.value.kind == kind and info.value.outcome_unknown
+    assert type(info.value) is kind and info.value.outcome_unknown
 
 
 async def chunked_huge(stream: trio.SocketStream, head: bytes) -> None:
@@ -122,7 +130,7 @@ async def test_oversized_answer(nursery: trio.Nursery, handler: Handler) -> None
     async with client:
         with pytest.raises(TransportFailure) as info:
             await client.fetch_task(tasks_version=0, task_capacity=1, request_key="k")
-    assert info.value.kind == "oversized"
+    assert isinstance(info.value, OversizedAnswer)
 
 
 async def test_dropped_connection_is_transport_failure(nursery: trio.Nursery) -> None:
@@ -132,7 +140,7 @@ async def test_dropped_connection_is_transport_failure(nursery: trio.Nursery) ->
     async with await client_for(nursery, drop) as client:
         with pytest.raises(TransportFailure) as info:
             await client.fetch_task(tasks_version=0, task_capacity=1, request_key="k")
-    assert info.value.kind == "transport"
+    assert isinstance(info.value, TransportBroken)
 
 
 async def test_trickling_server_is_bounded_as_a_whole(
@@ -148,7 +156,7 @@ async def test_trickling_server_is_bounded_as_a_whole(
     async with await client_for(nursery, trickle) as client:
         with pytest.raises(TransportFailure) as info:
             await client.fetch_task(tasks_version=0, task_capacity=1, request_key="k")
-    assert info.value.kind == "timeout"
+    assert isinstance(info.value, RpcTimeout)
 
 
 async def test_connection_refused() -> None:
@@ -158,4 +166,21 @@ async def test_connection_refused() -> None:
     async with RunnerClient(f"http://127.0.0.1:{port}", uuid="u", token="t", timeout=5) as client:
         with pytest.raises(TransportFailure) as info:
             await client.update_log(1, 0, (), True)
-    assert info.value.kind == "transport"
+    assert isinstance(info.value, TransportBroken)
+
+
+@pytest.mark.parametrize(
+    ("cls", "prefix"),
+    [
+        (RpcTimeout, "timeout"),
+        (TransportBroken, "transport"),
+        (MalformedAnswer, "malformed"),
+        (OversizedAnswer, "oversized"),
+    ],
+)
+def test_transport_failures_keep_their_message_prefix(
+    cls: type[TransportFailure], prefix: str
+) -> None:
+    exc = cls("FetchTask: detail")
+    assert str(exc) == f"{prefix}: FetchTask: detail" and exc.detail == "FetchTask: detail"
+    assert isinstance(exc, TransportFailure) and exc.outcome_unknown

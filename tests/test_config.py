@@ -15,7 +15,6 @@ import pytest
 from scheduler import config as config_module
 from scheduler.config import (
     Config,
-    ConfigError,
     ConnectionSettings,
     config_warnings,
     load_config,
@@ -23,6 +22,7 @@ from scheduler.config import (
     render_config,
     token_file_warning,
 )
+from scheduler.errors import ConfigError
 from tests.support.config import toml_tables
 
 REPO = Path(__file__).resolve().parent.parent

@@ -32,7 +32,7 @@ async def test_kill9_after_assignment_before_the_answer(tmp_path: Path) -> None:
         sim = w.sim
         first = await w.start()
         sim.instances["a"].add_job(duration=0.3)
-        await wait_for(lambda: sim.ledger.snapshot()["assigned"] == 1, within=60)
+        await wait_for(lambda: sim.ledger.statistics().assigned == 1, within=60)
         first.kill9()
         assert await first.wait() == -signal.SIGKILL
         pending = KeyStore(tmp_path / "state", "a").load().pending
@@ -40,12 +40,12 @@ async def test_kill9_after_assignment_before_the_answer(tmp_path: Path) -> None:
 
         sim.instances["a"].set_faults(FaultPlan())
         second = await w.start()
-        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1, within=60)
+        await wait_for(lambda: sim.ledger.statistics().finished == 1, within=60)
         second.signal(signal.SIGTERM)
         assert await second.wait() == 0
-    snap = sim.ledger.snapshot()
+    snap = sim.ledger.statistics()
     assert_no_loss(sim)
-    assert snap["results"] == {"RESULT_SUCCESS": 1}
+    assert snap.results == {"RESULT_SUCCESS": 1}
     assert b"retrying the request key left by the last run" in second.log
     assert KeyStore(tmp_path / "state", "a").load().pending is None
 
@@ -70,12 +70,12 @@ async def test_kill9_while_tasks_run_reports_them_failed_on_restart(tmp_path: Pa
         await wait_for(lambda: all(sim.instances[n].tasks[t].done for n in "ab"
                                 for t in sim.instances[n].tasks if t in orphans), within=60)
         sim.instances["a"].add_job(duration=0.2)  # and it goes on working
-        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 3, within=60)
+        await wait_for(lambda: sim.ledger.statistics().finished == 3, within=60)
         second.signal(signal.SIGTERM)
         assert await second.wait() == 0
-    snap = sim.ledger.snapshot()
+    snap = sim.ledger.statistics()
     assert_no_loss(sim)
-    assert snap["results"] == {"RESULT_FAILURE": 2, "RESULT_SUCCESS": 1}
+    assert snap.results == {"RESULT_FAILURE": 2, "RESULT_SUCCESS": 1}
     for inst in sim.instances.values():
         for task in inst.tasks.values():
             if task.id in orphans:
@@ -95,7 +95,7 @@ async def test_key_persisted_but_never_sent_behaves_as_a_fresh_request(
         store.set_pending(PendingFetch("never-sent-key", 2, 0))
         sim.instances["a"].add_job(duration=1)
         async with world(tmp_path, sim=sim, capacity=2, service_seed=1) as (_, service, _):
-            await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1, within=120)
+            await wait_for(lambda: sim.ledger.statistics().finished == 1, within=120)
             (task,) = sim.instances["a"].tasks.values()
             assert task.request_key == "never-sent-key"
             service.request_stop()
@@ -113,7 +113,7 @@ async def test_orphan_that_had_already_finished_is_settled_quietly(
     async with running_sim("a", seed=1) as sim:
         sim.instances["a"].add_job(duration=1)
         async with world(tmp_path, sim=sim, capacity=1, service_seed=1) as (_, service, _):
-            await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1, within=120)
+            await wait_for(lambda: sim.ledger.statistics().finished == 1, within=120)
             service.request_stop()
             await wait_for(lambda: service.phase == "stopped", within=60)
         (task_id,) = sim.instances["a"].tasks
@@ -125,12 +125,12 @@ async def test_orphan_that_had_already_finished_is_settled_quietly(
                            within=120)
             assert again.ledger.running("a") == 0
             sim.instances["a"].add_job(duration=1)  # the slot is free again
-            await wait_for(lambda: sim.ledger.snapshot()["finished"] == 2, within=120)
+            await wait_for(lambda: sim.ledger.statistics().finished == 2, within=120)
             again.request_stop()
             await wait_for(lambda: again.phase == "stopped", within=60)
-    snap = sim.ledger.snapshot()
+    snap = sim.ledger.statistics()
     assert_no_loss(sim)
-    assert snap["results"] == {"RESULT_SUCCESS": 2}
+    assert snap.results == {"RESULT_SUCCESS": 2}
     assert not any(RESTARTED in line for line in sim.instances["a"].tasks[task_id].log_lines)
     assert any("had already ended (success)" in r.message for r in caplog.records)
     assert not any("gave up" in r.message for r in caplog.records)

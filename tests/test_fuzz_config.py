@@ -24,7 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler.config import _NAME_RE, Config, ConfigError, _toml_key, load_config, parse_config
+from scheduler.config import _NAME_RE, Config, _toml_key, load_config, parse_config
+from scheduler.errors import ConfigError
 from tests.support.config import toml_pairs
 from tests.support.profiles import examples
 from tests.support.strategies import seeds

@@ -21,18 +21,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler.protocol import (
+from scheduler.errors import (
     DEFINITE_CODES,
     ConnectError,
     DecodeError,
-    FetchTaskResponse,
-    Result,
+    MalformedAnswer,
     RpcError,
-    RunnerClient,
-    Task,
     TransportFailure,
-    UpdateTaskResponse,
 )
+from scheduler.protocol import FetchTaskResponse, Result, RunnerClient, Task, UpdateTaskResponse
 from scheduler.protocol.messages import decode_ack_index, decode_runner_response, decode_time
 from tests.support.profiles import examples
 from tests.support.strategies import (
@@ -307,7 +304,7 @@ def test_client_reads_any_answer_as_a_value_or_an_rpc_error(
         assert exc.outcome_unknown is (exc.code not in DEFINITE_CODES)
         assert len(str(exc)) <= 700
     except TransportFailure as exc:
-        assert exc.kind == "malformed" and exc.outcome_unknown
+        assert isinstance(exc, MalformedAnswer) and exc.outcome_unknown
         assert len(str(exc)) <= 700
     else:
         assert status == 200

@@ -28,15 +28,9 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scheduler.errors import DecodeError, RpcError
 from scheduler.keys import KeyStore
-from scheduler.protocol import (
-    DecodeError,
-    FetchTaskResponse,
-    Result,
-    RpcError,
-    RunnerClient,
-    TaskState,
-)
+from scheduler.protocol import FetchTaskResponse, Result, RunnerClient, TaskState
 from tests.support.config import write_config
 from tests.support.fake_forgejo import FakeForgejo, fake_connection
 from tests.support.harness import fast_tmpdir, plain_http_client, running_service

@@ -11,14 +11,20 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
 import trio
+import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from scheduler.http import ASGIApp, Message, _parse_bound, make_app, serve_http
+from scheduler.config import Config, ConnectionSettings, MetricsSettings, RunnerSettings
+from scheduler.connection import Phase
+from scheduler.http import ASGIApp, Message, _json, _parse_bound, make_app, serve_http
 from scheduler.metrics import Metrics
+from scheduler.protocol import FetchTaskResponse, Runner
+from scheduler.service import Service
 
 
 class FakeHealth:
@@ -373,3 +379,51 @@ async def test_dockerfile_healthcheck_command_follows_healthz(
     health.is_live = False
     down = await trio.run_process(argv, check=False, capture_stdout=True, capture_stderr=True)
     assert down.returncode != 0
+
+
+# --- the service's detail: statistics() rendered to the /healthz keys ------------------
+
+
+class _BlackHole:
+    """A client whose Declare works and whose FetchTask never answers."""
+
+    async def __aenter__(self) -> _BlackHole:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def declare(self, version: str, labels: tuple[str, ...]) -> Runner:
+        return Runner(uuid="u", labels=labels)
+
+    async def fetch_task(self, **_: object) -> FetchTaskResponse:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_service_status_renders_its_statistics(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    home = ConnectionSettings(
+        name="home", url="http://forgejo.invalid", uuid="u", token="t", token_source="config",
+        labels=("debian:host",), max_slots=2, fetch_interval=5.0,
+    )
+    config = Config(
+        source=tmp_path / "config.toml",
+        runner=RunnerSettings(capacity=2, state_dir=tmp_path),
+        metrics=MetricsSettings(enabled=False),
+        connections=(home,),
+    )
+    service = Service(config, client_factory=lambda settings, timeout: cast(Any, _BlackHole()))
+    assert service.status() == {"phase": "starting", "capacity": 2, "free": 2, "connections": {}}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        await trio.testing.wait_all_tasks_blocked()
+        stats = service.statistics()
+        assert stats.phase == "running" and stats.connections["home"].phase is Phase.FETCHING
+        assert _json(service.status()) == (
+            b'{"phase":"running","capacity":2,"free":0,"connections":{"home":{"phase":'
+            b'"fetching","up":true,"running":0,"reserved":2,"last_error":null}}}\n'
+        )
+        assert repr(service) == "<Service running capacity 2 connections: home>"
+        service.abort()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from scheduler.config import load_config
-from scheduler.onboard import OnboardError
+from scheduler.errors import OnboardError
 from scheduler.onboard.forgejo_runner import go_duration
 from scheduler.onboard.import_config import import_config
 from tests.support.config import no_metrics

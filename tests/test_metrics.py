@@ -14,12 +14,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import attrs
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from scheduler.config import Share
 from scheduler.metrics import (
     FETCH_DURATION_BUCKETS,
     FETCH_OUTCOMES,
@@ -217,8 +219,8 @@ def test_no_connections_means_only_the_global_series() -> None:
 def test_add_connection_is_idempotent_and_only_updates_config(metrics: Metrics) -> None:
     metrics.tasks_received_total.labels("home").inc(4)
     metrics.slots_held.labels("home").set(2)
-    metrics.add_connection("home", weight=2.5, min_slots=1, max_slots=3)
-    metrics.add_connection("home", weight=2.5, min_slots=1, max_slots=3)
+    metrics.add_connection("home", Share(2.5, 1, 3))
+    metrics.add_connection("home", Share(2.5, 1, 3))
     assert value(metrics, "tasks_received_total", connection="home") == 4
     assert value(metrics, "slots_held", connection="home") == 2
     assert value(metrics, "connection_weight", connection="home") == 2.5
@@ -231,7 +233,7 @@ def test_add_connection_is_idempotent_and_only_updates_config(metrics: Metrics) 
 
 def test_add_connection_later_creates_its_series_at_zero(metrics: Metrics) -> None:
     before = len(connection_samples(metrics, "home"))
-    metrics.add_connection("late", weight=1, min_slots=0, max_slots=6)
+    metrics.add_connection("late", Share(1, 0, 6))
     assert len(connection_samples(metrics, "late")) == before
     assert value(metrics, "fetch_requests_total", connection="late", outcome="unauthorized") == 0
     assert value(metrics, "connection_up", connection="late") == 0
@@ -248,7 +250,7 @@ def test_remove_connection_drops_every_series_of_that_connection_only(metrics: M
     metrics.remove_connection("codeberg")  # again: no-op
     metrics.remove_connection("never-existed")
     # and back, from zero (a reload that re-adds it starts fresh)
-    metrics.add_connection("codeberg", weight=1, min_slots=0, max_slots=6)
+    metrics.add_connection("codeberg", Share(1, 0, 6))
     assert value(metrics, "fetch_requests_total", connection="codeberg", outcome="error") == 0
     assert value(metrics, "task_duration_seconds_count", connection="codeberg") == 0
 
@@ -348,3 +350,27 @@ def test_committed_dashboard_is_what_the_generator_produces() -> None:
     assert DASHBOARD.read_text(encoding="utf-8") == generated, (
         "grafana/dashboard.json is stale: run python grafana/generate.py"
     )
+
+
+def test_connection_children_write_the_connection_series(metrics: Metrics) -> None:
+    home = metrics.connection("home")
+    assert metrics.add_connection("home", Share(1, 0, 6)) is home  # created once
+    home.fetch_retries.inc(2)
+    home.fetch_requests["throttled"].inc()
+    home.tasks_finished["skipped"].inc()
+    home.slots_held.set(3)
+    assert value(metrics, "fetch_retries_total", connection="home") == 2
+    assert value(metrics, "fetch_requests_total", connection="home", outcome="throttled") == 1
+    assert value(metrics, "tasks_finished_total", connection="home", result="skipped") == 1
+    assert value(metrics, "slots_held", connection="home") == 3
+    assert value(metrics, "slots_held", connection="codeberg") == 0
+    assert set(home.fetch_requests) == set(FETCH_OUTCOMES)
+    assert set(home.tasks_finished) == set(TASK_RESULTS)
+    # one child per per-connection family: none is left to a .labels() call site
+    families = {s.name.removesuffix("_total").removesuffix("_count").removesuffix("_sum")
+                .removesuffix("_bucket") for s in connection_samples(metrics, "home")}
+    children = len(attrs.fields(type(home)))
+    assert len(families) == children == 22
+    metrics.remove_connection("home")
+    with pytest.raises(KeyError):
+        metrics.connection("home")

@@ -7,6 +7,7 @@ import datetime as dt
 
 import pytest
 
+from scheduler.errors import DecodeError
 from scheduler.protocol import messages as m
 
 
@@ -63,7 +64,7 @@ def test_additional_tasks_without_first_are_kept() -> None:
     ],
 )
 def test_malformed_fetch_responses_raise_decode_error(bad: dict[str, object]) -> None:
-    with pytest.raises(m.DecodeError):
+    with pytest.raises(DecodeError):
         m.FetchTaskResponse.from_json(bad)
 
 
@@ -72,7 +73,7 @@ def test_enums_by_name_or_number() -> None:
     assert m.Result.decode(2, "r") is m.Result.FAILURE
     assert m.Result.decode(None, "r") is m.Result.UNSPECIFIED
     assert m.Result.decode(99, "r") is m.Result.UNSPECIFIED
-    with pytest.raises(m.DecodeError):
+    with pytest.raises(DecodeError):
         m.Result.decode("RESULT_MAYBE", "r")
 
 

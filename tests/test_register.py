@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from scheduler.config import load_config
-from scheduler.onboard import OnboardError
+from scheduler.errors import OnboardError
 from scheduler.onboard.register import RegisterArgs, register
 from scheduler.sim import Simulator
 from tests.support.daemon import CLI, ROOT

@@ -91,9 +91,9 @@ async def test_reload_applies_capacity_weights_and_connections(
                    for r in caplog.records)
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped")
-    snap = sim.ledger.snapshot()
+    snap = sim.ledger.statistics()
     assert_no_loss(sim)
-    assert snap["peak_outstanding"] <= 5
+    assert snap.peak_outstanding <= 5
 
 
 async def test_relabel_declares_again(
@@ -108,6 +108,6 @@ async def test_relabel_declares_again(
         path.write_text(path.read_text().replace('labels = ["sim:host"]',
                                                  'labels = ["gpu:host"]'))
         assert service.reload_file(path)
-        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1, within=60)
+        await wait_for(lambda: sim.ledger.statistics().finished == 1, within=60)
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped")

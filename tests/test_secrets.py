@@ -132,7 +132,7 @@ async def test_tokens_from_file_env_and_config_authenticate(
             await inner.start(service.run)
             for name in "abc":
                 sim.instances[name].add_job(duration=1)
-            await wait_for(lambda: sim.ledger.snapshot()["finished"] == 3)
+            await wait_for(lambda: sim.ledger.statistics().finished == 3)
             service.request_stop()
         nursery.cancel_scope.cancel()
 
@@ -220,7 +220,7 @@ async def test_scan_in_process_with_faults_everywhere(
                     sim.instances[name].add_job(workflow=echo_secrets_workflow(),
                                                 secrets={"DEPLOY": JOB_SECRET,
                                                          "OTHER": JOB_SECRET_2})
-            await wait_for(lambda: sim.ledger.snapshot()["finished"] == 12)
+            await wait_for(lambda: sim.ledger.statistics().finished == 12)
             sim.instances["c"].runner.token = "0" * 40  # revoked: 401s from now on
             await wait_for(lambda: service.loops["c"].up is False)
             assert started.metrics_address is not None
@@ -284,7 +284,7 @@ async def test_scan_of_the_real_daemon_with_the_host_executor(
 
         nursery.start_soon(collect)
         with trio.fail_after(60):
-            while sim.ledger.snapshot()["finished"] < 1:
+            while sim.ledger.statistics().finished < 1:
                 await trio.sleep(0.05)
             while not (m := re.search(rb"http://127\.0\.0\.1:(\d+)/metrics", stderr)):
                 await trio.sleep(0.05)

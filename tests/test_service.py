@@ -38,12 +38,12 @@ async def test_respond_then_drop_forgejo15_every_task_runs_exactly_once(
         for i in range(20):
             sim.instances["a"].add_job(duration=1 + i % 3)
             sim.instances["b"].add_job(duration=2)
-        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 40)
+        await wait_for(lambda: sim.ledger.statistics().finished == 40)
         await drain(service)
-        snap = sim.ledger.snapshot()
+        snap = sim.ledger.statistics()
     assert_no_loss(sim)
-    assert snap["peak_outstanding"] <= capacity
-    assert snap["late_updates"] == 0  # no heartbeat lands after a final report
+    assert snap.peak_outstanding <= capacity
+    assert snap.late_updates == 0  # no heartbeat lands after a final report
     assert sorted(executor.executed) == sorted(set(executor.executed))
     assert len(executor.executed) == 40
     recovered = sum(metric(service, "tasks_recovered_total", connection=c) for c in "ab")
@@ -63,10 +63,10 @@ async def test_forgejo14_ignores_the_key_and_the_simulator_counts_the_loss(
         await wait_for(lambda: not inst.waiting_jobs and all(
             t.done for t in inst.tasks.values() if t.id in executor.executed))
         await drain(service)
-        snap = sim.ledger.snapshot()
-    assert snap["lost"] > 0  # the tasks inside dropped answers: a retry cannot get them back
-    assert snap["lost"] == snap["assigned"] - len(executor.executed)
-    assert snap["duplicate_executions"] == 0
+        snap = sim.ledger.statistics()
+    assert snap.lost > 0  # the tasks inside dropped answers: a retry cannot get them back
+    assert snap.lost == snap.assigned - len(executor.executed)
+    assert snap.duplicate_executions == 0
 
 
 async def test_stalled_instance_does_not_delay_the_others(
@@ -101,7 +101,7 @@ async def test_unresolved_key_survives_a_crash_and_brings_the_task_back(
     async with running_sim(spec, seed=1) as sim:
         async with world(tmp_path, [], capacity=2, sim=sim, end="crash") as (_, svc1, executor):
             sim.instances["a"].add_job(duration=3)
-            await wait_for(lambda: sim.ledger.snapshot()["assigned"] == 1)
+            await wait_for(lambda: sim.ledger.statistics().assigned == 1)
             await trio.sleep(0.5)
             assert executor.executed == []
             # The key is in doubt since its first unknown outcome: exported for alerting.
@@ -112,7 +112,7 @@ async def test_unresolved_key_survives_a_crash_and_brings_the_task_back(
         assert pending is not None and pending.task_capacity >= 1
         sim.instances["a"].set_faults(FaultPlan())
         async with world(tmp_path, [], capacity=2, sim=sim) as (_, service2, executor2):
-            await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1)
+            await wait_for(lambda: sim.ledger.statistics().finished == 1)
             await drain(service2)
     assert_no_loss(sim)
     assert len(executor2.executed) == 1
@@ -129,17 +129,17 @@ async def test_more_tasks_than_slots_after_restart_are_reported_failed(
         async with world(tmp_path, [], capacity=3, sim=sim, end="crash"):
             for _ in range(3):
                 sim.instances["a"].add_job(duration=5)
-            await wait_for(lambda: sim.ledger.snapshot()["assigned"] == 3)
+            await wait_for(lambda: sim.ledger.statistics().assigned == 3)
         sim.instances["a"].set_faults(FaultPlan())
         # Restart with a smaller capacity: the key brings back 3 tasks for 2 slots.
         async with world(tmp_path, [], capacity=2, sim=sim) as (_, service, executor):
-            await wait_for(lambda: sim.ledger.snapshot()["finished"] == 3)
+            await wait_for(lambda: sim.ledger.statistics().finished == 3)
             await drain(service)
-    snap = sim.ledger.snapshot()
+    snap = sim.ledger.statistics()
     assert_no_loss(sim)
     assert len(executor.executed) == 2
     assert metric(service, "tasks_rejected_total", connection="a") == 1
-    assert snap["results"] == {"RESULT_FAILURE": 1, "RESULT_SUCCESS": 2}
+    assert snap.results == {"RESULT_FAILURE": 1, "RESULT_SUCCESS": 2}
     (rejected,) = [t for t in sim.instances["a"].tasks.values() if t.id not in executor.executed]
     assert any("no runner slot is free" in line for line in rejected.log_lines)
 
@@ -158,7 +158,7 @@ async def test_no_fetch_while_a_connection_has_no_slot(
         assert service.ledger.is_hungry("b")
         assert metric(service, "connection_waiting_for_slot", connection="b") == 1
         assert metric(service, "connection_waiting_for_slot", connection="a") == 1  # to poll again
-        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 2)
+        await wait_for(lambda: sim.ledger.statistics().finished == 2)
 
 
 async def test_refused_fetch_releases_slots_and_marks_the_connection_down(
@@ -215,8 +215,8 @@ async def test_graceful_stop_lets_running_tasks_finish(
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped")
         assert trio.current_time() - t0 >= 45
-    snap = sim.ledger.snapshot()
-    assert snap["finished"] == 1 and snap["results"] == {"RESULT_SUCCESS": 1}
+    snap = sim.ledger.statistics()
+    assert snap.finished == 1 and snap.results == {"RESULT_SUCCESS": 1}
     assert len(sim.instances["a"].waiting_jobs) == 1
 
 
@@ -229,9 +229,9 @@ async def test_shutdown_timeout_cancels_and_reports(
         await wait_for(lambda: service.ledger.running("a") == 1)
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped", within=60)
-    snap = sim.ledger.snapshot()
+    snap = sim.ledger.statistics()
     assert_no_loss(sim)
-    assert snap["results"] == {"RESULT_CANCELLED": 1}
+    assert snap.results == {"RESULT_CANCELLED": 1}
 
 
 async def test_drain_keeps_retrying_an_unresolved_key(
@@ -240,16 +240,16 @@ async def test_drain_keeps_retrying_an_unresolved_key(
     specs = [InstanceSpec("a", faults=FaultPlan(drop_after_assign=1.0))]
     async with world(tmp_path, specs, capacity=2, shutdown_timeout=300) as (sim, service, ex):
         sim.instances["a"].add_job(duration=5)
-        await wait_for(lambda: sim.ledger.snapshot()["assigned"] == 1)
+        await wait_for(lambda: sim.ledger.statistics().assigned == 1)
         service.request_stop()
         await trio.sleep(60)  # still draining: the task may be (and is) assigned
         assert service.phase == "draining"
         sim.instances["a"].set_faults(FaultPlan())
         await wait_for(lambda: service.phase == "stopped")
     assert ex.executed == list(sim.instances["a"].tasks)
-    snap = sim.ledger.snapshot()
+    snap = sim.ledger.statistics()
     assert_no_loss(sim)
-    assert snap["results"] == {"RESULT_SUCCESS": 1}
+    assert snap.results == {"RESULT_SUCCESS": 1}
 
 
 async def test_container_labels_are_refused_clearly_by_the_default_executor(
@@ -260,7 +260,7 @@ async def test_container_labels_are_refused_clearly_by_the_default_executor(
                      labels=("sim:docker://node:20",), executor=DEFAULT_EXECUTOR,
                      service_seed=1) as (sim, service, _):
         sim.instances["a"].add_job(duration=0.1)
-        await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1, within=30)
+        await wait_for(lambda: sim.ledger.statistics().finished == 1, within=30)
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped", within=30)
     (task,) = sim.instances["a"].tasks.values()

@@ -11,8 +11,9 @@ import datetime as dt
 import pytest
 import yaml
 
+from scheduler.errors import ConnectError, TransportFailure
 from scheduler.protocol import messages as m
-from scheduler.protocol.client import ConnectError, RunnerClient, TransportFailure
+from scheduler.protocol.client import RunnerClient
 from scheduler.sim import FaultPlan, InstanceSpec, Simulator
 from tests.support.sim import running_sim
 
@@ -67,9 +68,9 @@ async def test_client_and_simulator_agree_on_a_whole_task() -> None:
         inst.cancel_task(2)
         answer = await client.update_task(m.TaskState(2))
         assert answer.result is m.Result.CANCELLED
-        snap = sim.ledger.snapshot()
-        assert snap["redelivered"] == 2  # the k1 replay...
-        assert snap["duplicate_executions"] == 0  # ...which was never started twice
+        snap = sim.ledger.statistics()
+        assert snap.redelivered == 2  # the k1 replay...
+        assert snap.duplicate_executions == 0  # ...which was never started twice
 
 
 async def test_client_sees_sim_faults_as_unknown_outcomes() -> None:
@@ -86,7 +87,7 @@ async def test_client_sees_sim_faults_as_unknown_outcomes() -> None:
         sim.instances["a"].set_faults(FaultPlan())
         got = await client.fetch_task(tasks_version=0, task_capacity=1, request_key="k")
         assert [t.id for t in got.tasks] == [1]
-        assert sim.ledger.snapshot()["delivered"] == 1
+        assert sim.ledger.statistics().delivered == 1
 
 
 async def test_client_unauthenticated() -> None:

@@ -27,9 +27,9 @@ async def test_drop_after_assign_is_a_transport_error_and_not_delivered() -> Non
         inst.set_faults(FaultPlan())
         got = await rpc.fetch(capacity=1, key="K")
         assert ids_of(got) == [1]
-        snap = sim.ledger.snapshot()
-        assert snap["assigned"] == 1 and snap["delivered"] == 1
-        assert snap["duplicate_executions"] == 0
+        snap = sim.ledger.statistics()
+        assert snap.assigned == 1 and snap.delivered == 1
+        assert snap.duplicate_executions == 0
 
 
 async def test_drop_only_hits_answers_that_carry_tasks() -> None:

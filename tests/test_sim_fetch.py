@@ -138,7 +138,7 @@ async def test_forgejo15_replays_the_tasks_recorded_under_a_key() -> None:
             assert payload_of(old) == payload_of(new)
         assert sim.ledger.assigned_count == 2 and len(inst.waiting_jobs) == 2
         # Re-delivered, counted as such; only a second start would be a second execution.
-        assert sim.ledger.snapshot()["redelivered"] == 2
+        assert sim.ledger.statistics().redelivered == 2
         assert sim.ledger.duplicate_executions == 0
         # A key that recorded nothing behaves like a fresh request and records new tasks.
         fresh = await rpc.fetch(key="K2")
@@ -191,9 +191,9 @@ async def test_forgejo14_ignores_the_key_so_a_dropped_task_is_lost() -> None:
         assert second != 1 and sim.ledger.assigned_count == 2
         assert inst.tasks[1].request_key is None
         await rpc.ok("UpdateTask", {"state": {"id": str(second), "result": "RESULT_SUCCESS"}})
-        snap = sim.ledger.snapshot()
-        assert snap["assigned"] == 2 and snap["delivered"] == 1 and snap["finished"] == 1
-        assert snap["lost"] == 1 and snap["outstanding"] == 1
+        snap = sim.ledger.statistics()
+        assert snap.assigned == 2 and snap.delivered == 1 and snap.finished == 1
+        assert snap.lost == 1 and snap.outstanding == 1
 
 
 async def test_fetch_single_task_with_handle_and_recovery() -> None:

@@ -27,10 +27,10 @@ async def test_peak_outstanding_counts_across_instances() -> None:
         assert sim.ledger.peak_outstanding == 3
         ids_of(await a.fetch(capacity=1))
         assert sim.ledger.outstanding == 4 and sim.ledger.peak_outstanding == 4
-        snap = sim.ledger.snapshot()
-        assert snap["instances"]["a"]["peak_outstanding"] == 2
-        assert snap["instances"]["b"]["peak_outstanding"] == 2
-        assert snap["instances"]["b"]["outstanding"] == 2
+        snap = sim.ledger.statistics()
+        assert snap.instances["a"].peak_outstanding == 2
+        assert snap.instances["b"].peak_outstanding == 2
+        assert snap.instances["b"].outstanding == 2
         assert len(set(on_a + on_b)) == 3
 
 
@@ -47,7 +47,7 @@ async def test_duplicates_after_the_runner_finished_a_task() -> None:
         # t1: a non-final UpdateTask after the final one: a late heartbeat, not a rerun...
         await rpc.ok("UpdateTask", {"state": {"id": str(t1)}})
         assert sim.ledger.duplicate_executions == 0
-        assert sim.ledger.snapshot()["late_updates"] == 1
+        assert sim.ledger.statistics().late_updates == 1
         # ...unless it carries another start time: that is a second execution.
         await rpc.ok("UpdateTask", {"state": {"id": str(t1), "startedAt": "2026-01-01T00:00:00Z"}})
         await rpc.ok("UpdateTask", {"state": {"id": str(t1), "startedAt": "2026-01-01T00:01:00Z"}})
@@ -98,9 +98,9 @@ async def test_zombie_reaper_fails_silent_tasks(autojump_clock: trio.abc.Clock) 
             got = await rpc.ok("UpdateTask", {"state": {"id": str(silent)}})
             assert got["state"]["result"] == "RESULT_FAILURE"
             await trio.sleep(601)
-            snap = sim.ledger.snapshot()
-            assert snap["zombie"] == 2 and snap["finished"] == 2 and snap["lost"] == 2
-            assert snap["outstanding"] == 0 and snap["results"] == {"RESULT_FAILURE": 2}
+            snap = sim.ledger.statistics()
+            assert snap.zombie == 2 and snap.finished == 2 and snap.lost == 2
+            assert snap.outstanding == 0 and snap.results == {"RESULT_FAILURE": 2}
 
 
 async def test_no_zombie_reaper_when_disabled(autojump_clock: trio.abc.Clock) -> None:
@@ -119,7 +119,7 @@ async def test_snapshot_is_json_and_has_per_instance_counts() -> None:
         sim.instances["b"].add_job()
         (t,) = ids_of(await rpc.fetch())
         await rpc.ok("UpdateTask", final_state(t, "RESULT_FAILURE"))
-        snap = json.loads(json.dumps(sim.ledger.snapshot()))
+        snap = json.loads(json.dumps(sim.ledger.statistics().to_json()))
         keys = {
             "assigned",
             "delivered",
@@ -149,8 +149,33 @@ def test_ledger_unit() -> None:
     led.delivered([a, b])
     led.finished(a, Result.SUCCESS, "runner", 1.0)
     led.finished(a, Result.FAILURE, "zombie", 2.0)  # a second ending is ignored
-    snap = led.snapshot()
-    assert snap["delivered"] == 2 and snap["redelivered"] == 1
-    assert snap["duplicate_executions"] == 0
-    assert snap["finished"] == 1 and snap["zombie"] == 0 and snap["lost"] == 1
-    assert snap["peak_outstanding"] == 2 and snap["outstanding"] == 1
+    snap = led.statistics()
+    assert snap.delivered == 2 and snap.redelivered == 1
+    assert snap.duplicate_executions == 0
+    assert snap.finished == 1 and snap.zombie == 0 and snap.lost == 1
+    assert snap.peak_outstanding == 2 and snap.outstanding == 1
+
+
+def test_statistics_is_a_frozen_value_and_renders_the_old_json_keys() -> None:
+    led = Ledger()
+    led.add_instance("y")
+    led.add_instance("x")
+    t = led.next_task_id()
+    led.assigned("x", t, 1, 0.0)
+    led.delivered([t])
+    led.finished(t, Result.CANCELLED, "cancel", 1.0)
+    stats = led.statistics()
+    assert stats == led.statistics()  # a value: equal while nothing happens
+    assert list(stats.instances) == ["x", "y"]  # sorted, as before
+    assert stats.instances["x"].cancelled == 1 and stats.instances["y"].assigned == 0
+    assert stats.results == {"RESULT_CANCELLED": 1}
+    doc = stats.to_json()
+    assert list(doc) == [
+        "assigned", "delivered", "redelivered", "finished", "zombie", "cancelled",
+        "duplicate_executions", "late_updates", "outstanding", "peak_outstanding",
+        "lost", "results", "instances",
+    ]
+    assert doc["instances"]["x"] == {**stats.instances["x"].to_json()}
+    assert "instances" not in doc["instances"]["x"]
+    with pytest.raises(AttributeError):
+        stats.assigned = 5  # type: ignore[misc]

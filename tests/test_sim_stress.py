@@ -101,10 +101,10 @@ async def test_forgejo15_with_faults_loses_nothing() -> None:
     )
     specs = [InstanceSpec(n, faults=plan) for n in ("a", "b", "c")]
     sim = await drive(*specs, jobs_each=20)
-    snap = sim.ledger.snapshot()
-    assert snap["assigned"] == snap["delivered"] == snap["finished"] == 60, snap
+    snap = sim.ledger.statistics()
+    assert snap.assigned == snap.delivered == snap.finished == 60, snap
     assert_no_loss(sim)
-    assert snap["peak_outstanding"] <= CAPACITY
+    assert snap.peak_outstanding <= CAPACITY
     injected = sum(i.faults.injected.get("drop_after_assign", 0) for i in sim.instances.values())
     assert injected > 0  # the faults did happen
 
@@ -112,10 +112,10 @@ async def test_forgejo15_with_faults_loses_nothing() -> None:
 async def test_forgejo14_loses_exactly_the_dropped_tasks() -> None:
     spec = InstanceSpec("old", forgejo14=True, faults=FaultPlan(drop_after_assign=0.3))
     sim = await drive(spec, jobs_each=30)
-    snap = sim.ledger.snapshot()
+    snap = sim.ledger.statistics()
     dropped_answers = sim.instances["old"].faults.injected.get("drop_after_assign", 0)
     lost = [r for r in sim.ledger.tasks.values() if r.deliveries == 0]
     assert dropped_answers > 0 and len(lost) >= dropped_answers
-    assert snap["lost"] == len(lost) == snap["assigned"] - snap["delivered"]
-    assert snap["finished"] == snap["delivered"] and snap["duplicate_executions"] == 0
-    assert snap["assigned"] == 30
+    assert snap.lost == len(lost) == snap.assigned - snap.delivered
+    assert snap.finished == snap.delivered and snap.duplicate_executions == 0
+    assert snap.assigned == 30

@@ -121,9 +121,9 @@ async def test_update_task_heartbeat_then_final() -> None:
         assert task.updates[0].steps[1].started_at == dt.datetime(
             2026, 4, 1, 10, 0, 2, tzinfo=dt.UTC
         )
-        snap = sim.ledger.snapshot()
-        assert snap["finished"] == 1 and snap["lost"] == 0 and snap["outstanding"] == 0
-        assert snap["results"] == {"RESULT_SUCCESS": 1}
+        snap = sim.ledger.statistics()
+        assert snap.finished == 1 and snap.lost == 0 and snap.outstanding == 0
+        assert snap.results == {"RESULT_SUCCESS": 1}
 
 
 async def test_done_task_is_not_changed_by_later_updates() -> None:
@@ -158,9 +158,9 @@ async def test_cancel_reaches_the_runner_in_the_next_update_task_answer() -> Non
         # The runner acknowledges with its own final report; the server keeps CANCELLED.
         got = await rpc.ok("UpdateTask", final_state(task_id, "RESULT_CANCELLED"))
         assert got["state"]["result"] == "RESULT_CANCELLED"
-        snap = sim.ledger.snapshot()
-        assert snap["cancelled"] == 1 and snap["finished"] == 1 and snap["lost"] == 0
-        assert snap["duplicate_executions"] == 0
+        snap = sim.ledger.statistics()
+        assert snap.cancelled == 1 and snap.finished == 1 and snap.lost == 0
+        assert snap.duplicate_executions == 0
         assert sim.ledger.tasks[task_id].runner_final
 
 

@@ -15,13 +15,15 @@ from hypothesis.stateful import (
     rule,
 )
 
-from scheduler.slots import Grant, LedgerError, SlotLedger, jain_index, water_fill
+from scheduler.config import Share
+from scheduler.errors import LedgerError
+from scheduler.slots import Grant, SlotLedger, jain_index, water_fill
 
 
 def ledger(capacity: int, **conns: tuple[float, int, int]) -> SlotLedger:
     led = SlotLedger(capacity)
     for name, (w, lo, hi) in conns.items():
-        led.add(name, weight=w, min_slots=lo, max_slots=hi)
+        led.add(name, Share(w, lo, hi))
     return led
 
 
@@ -36,6 +38,30 @@ def test_lone_connection_gets_every_slot_over_successive_grants() -> None:
         led.resolve("a", g.slots)
     # First its entitlement (half of 4), then one slot per fetch while it keeps finding work.
     assert sizes == [2, 1, 1] and led.running("a") == 4
+
+
+def test_statistics_snapshot_and_repr() -> None:
+    led = ledger(4, a=(2, 1, 4), b=(1, 0, 4))
+    led.want("a")
+    led.want("b")
+    led.grant()
+    led.resolve("a", 1)
+    stats = led.statistics()
+    assert stats == led.statistics()  # a value: nothing moved in between
+    assert stats.capacity == 4 and stats.free == led.free and stats.in_use == 4 - led.free
+    for name in ("a", "b"):
+        s = stats.connections[name]
+        assert (s.held, s.reserved, s.owed, s.running) == (
+            led.held(name), led.reserved(name), led.owed(name), led.running(name)
+        )
+        assert s.hungry == led.is_hungry(name) and s.active
+        assert s.fair_share == led.fair_shares()[name]
+    assert stats.jain_index == led.jain_index()
+    led.finish("a")
+    assert led.statistics() != stats  # a later change does not alter the snapshot taken
+    assert stats.connections["a"].running == 1
+    assert repr(led) == f"<SlotLedger capacity 4 free {led.free} held: a=0, b={led.held('b')}>"
+    assert repr(SlotLedger(2)) == "<SlotLedger capacity 2 free 2 held: ->"
 
 
 def test_grant_is_capped_at_entitlement() -> None:
@@ -185,7 +211,7 @@ class LedgerMachine(RuleBasedStateMachine):
             lo = min(lo, hi, budget)
             budget -= lo
             name = f"c{i}"
-            self.led.add(name, weight=w, min_slots=lo, max_slots=hi)
+            self.led.add(name, Share(w, lo, hi))
             self.names.append(name)
             self.max[name] = hi
         self.fetching: dict[str, int] = {}
@@ -325,7 +351,7 @@ def test_long_run_shares_within_one_slot_of_water_filling(
     led = SlotLedger(capacity)
     names = [f"c{i}" for i in range(len(weights))]
     for n, w in zip(names, weights, strict=True):
-        led.add(n, weight=w)
+        led.add(n, Share(w))
     shares = water_fill(capacity, [led.view(n) for n in names])
     for step in range(300):
         for n in names:

@@ -13,7 +13,8 @@ import pytest
 import trio
 import trio.testing
 
-from scheduler.protocol import ConnectError, LogRow, Result, Task, TaskState, UpdateTaskResponse
+from scheduler.errors import ConnectError
+from scheduler.protocol import LogRow, Result, Task, TaskState, UpdateTaskResponse
 from scheduler.task.log import TaskLog
 from scheduler.task.reporter import LogsLost, RetryPolicy, TaskReporter
 

@@ -124,7 +124,7 @@ async def test_ca_file_trusts_a_throwaway_ca_for_a_whole_job(
                          metrics=None) as (_, service, _):
             assert config_warnings(service.config) == []
             job = sim.instances["a"].add_job(duration=2)
-            await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1)
+            await wait_for(lambda: sim.ledger.statistics().finished == 1)
             service.request_stop()
             await wait_for(lambda: service.phase == "stopped")
     task = sim.instances["a"].task_for_job(job)
@@ -142,7 +142,7 @@ async def test_insecure_skips_verification_and_says_so(
         async with world(tmp_path, sim=sim, capacity=1, tuning=tuning,
                          metrics=None) as (_, service, _):
             sim.instances["a"].add_job(duration=1)
-            await wait_for(lambda: sim.ledger.snapshot()["finished"] == 1)
+            await wait_for(lambda: sim.ledger.statistics().finished == 1)
             service.request_stop()
             await wait_for(lambda: service.phase == "stopped")
     warned = lines(caplog, "connections.a: insecure = true")
@@ -205,7 +205,7 @@ async def test_a_ca_file_that_does_not_load_fails_closed_for_its_connection_only
             async with world(tmp_path, sim=sim, capacity=2, tuning=tuning, others=others,
                              metrics=None) as (_, service, _):
                 job = plain.instances["b"].add_job(duration=1)
-                await wait_for(lambda: plain.ledger.snapshot()["finished"] == 1)
+                await wait_for(lambda: plain.ledger.statistics().finished == 1)
                 await wait_for(lambda: metric(service, "connection_up", connection="a") == 0)
                 service.request_stop()
                 await wait_for(lambda: service.phase == "stopped")

@@ -32,7 +32,8 @@ import trio
 
 from bench.harness import Conn, World
 from scheduler import __version__
-from scheduler.protocol import RpcError, RunnerClient, Task
+from scheduler.errors import RpcError
+from scheduler.protocol import RunnerClient, Task
 from scheduler.task.lifecycle import run_task
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,8 @@ import trio
 
 from bench.harness import World
 from scheduler import __version__
-from scheduler.protocol import ConnectError, RpcError, RunnerClient, Task, TransportFailure
+from scheduler.errors import ConnectError, RpcError, TransportFailure
+from scheduler.protocol import RunnerClient, Task
 from scheduler.task.lifecycle import run_task
 
 log = logging.getLogger(__name__)

@@ -37,10 +37,10 @@ from scheduler.config.parse import (
 from scheduler.config.render import _toml_key, render_config
 from scheduler.config.values import (
     Config,
-    ConfigError,
     ConnectionSettings,
     MetricsSettings,
     RunnerSettings,
+    Share,
 )
 
 __all__ = [
@@ -50,10 +50,10 @@ __all__ = [
     "_NAME_RE",
     "_RUNNER_KEYS",
     "Config",
-    "ConfigError",
     "ConnectionSettings",
     "MetricsSettings",
     "RunnerSettings",
+    "Share",
     "_toml_key",
     "ca_file_problem",
     "config_warnings",

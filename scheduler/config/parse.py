@@ -16,15 +16,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from scheduler.config.render import _toml_key
-from scheduler.config.values import (
-    Config,
-    ConfigError,
-    ConnectionSettings,
-    MetricsSettings,
-    RunnerSettings,
-)
+from scheduler.config.values import Config, ConnectionSettings, MetricsSettings, RunnerSettings
 from scheduler.durations import describe_value, parse_duration
-from scheduler.secretfile import SecretFileError, read_secret_file
+from scheduler.errors import ConfigError, SecretFileError
+from scheduler.secretfile import read_secret_file
 
 _TOP_KEYS = ("runner", "metrics", "connections")
 _RUNNER_KEYS = (

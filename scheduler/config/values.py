@@ -1,4 +1,5 @@
-"""The configuration's values: frozen attrs classes, and the error every problem becomes."""
+"""The configuration's values: frozen attrs classes (every problem becomes a
+:class:`scheduler.errors.ConfigError`)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,22 @@ from pathlib import Path
 
 import attrs
 
-
-class ConfigError(Exception):
-    """The configuration is unusable; the message already names file, key and expectation,
-    so callers print it as is (no traceback) and exit."""
-
-
 # ---------------------------------------------------------------------------------------
 # The values
+
+
+@attrs.frozen
+class Share:
+    """A connection's claim on the runner slots: the fair-share rule's three inputs.
+
+    ``weight`` scales its share, ``min_slots`` are guaranteed before anyone else is
+    served, ``max_slots`` caps it (``None``: the whole capacity). Read by the slot
+    ledger (who gets the next slot) and exported as configuration gauges.
+    """
+
+    weight: float = 1.0
+    min_slots: int = 0
+    max_slots: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -63,6 +72,10 @@ class ConnectionSettings:
     fetch_interval: float
     ca_file: Path | None = None
     insecure: bool = False
+
+    @property
+    def share(self) -> Share:
+        return Share(self.weight, self.min_slots, self.max_slots)
 
 
 @attrs.frozen(kw_only=True)

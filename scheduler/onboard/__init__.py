@@ -9,8 +9,3 @@ a log line. Every file is written atomically, and the config is validated by
 """
 
 from __future__ import annotations
-
-
-class OnboardError(Exception):
-    """The command cannot go on; the message names the file, key or server at fault
-    and is printed as is (no traceback)."""

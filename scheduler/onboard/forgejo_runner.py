@@ -26,9 +26,9 @@ import yaml
 
 from scheduler.config import _NAME_RE
 from scheduler.durations import format_duration
+from scheduler.errors import OnboardError, SecretFileError
 from scheduler.executor.workflow import load_yaml
-from scheduler.onboard import OnboardError
-from scheduler.secretfile import SecretFileError, read_secret_file
+from scheduler.secretfile import read_secret_file
 
 #: forgejo-runner enforces this minimum fetch interval for connections to Codeberg.
 CODEBERG_MIN_FETCH_INTERVAL = 30.0

@@ -20,9 +20,8 @@ from typing import Any
 import attrs
 import tomlkit
 
-from scheduler.config import ConfigError
 from scheduler.durations import format_duration
-from scheduler.onboard import OnboardError
+from scheduler.errors import ConfigError, OnboardError
 from scheduler.onboard import tomlfile as tf
 from scheduler.onboard.forgejo_runner import Source, read_source
 from scheduler.onboard.tokens import reference, token_path, write_token

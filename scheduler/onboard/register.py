@@ -35,12 +35,12 @@ import attrs
 import trio
 
 from scheduler import __version__
-from scheduler.config import _NAME_RE, ConfigError, ConnectionSettings
-from scheduler.onboard import OnboardError
+from scheduler.config import _NAME_RE, ConnectionSettings
+from scheduler.errors import ConfigError, ConnectError, OnboardError, RpcError
 from scheduler.onboard import tomlfile as tf
 from scheduler.onboard.tokens import read_secret, reference, token_path, write_token
 from scheduler.protocol import messages as m
-from scheduler.protocol.client import ConnectError, RpcError, RunnerClient, ssl_context
+from scheduler.protocol.client import RunnerClient, ssl_context
 
 #: The uuid and token variable the config is checked with before the server gave real ones.
 _PLACEHOLDER_UUID = "00000000-0000-0000-0000-000000000000"

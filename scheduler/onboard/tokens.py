@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 from scheduler.atomicfile import ensure_private_dir, write_atomic
-from scheduler.onboard import OnboardError
-from scheduler.secretfile import SecretFileError, read_secret_file
+from scheduler.errors import OnboardError, SecretFileError
+from scheduler.secretfile import read_secret_file
 
 
 def token_path(state_dir: Path, connection: str) -> Path:

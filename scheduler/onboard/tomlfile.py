@@ -25,8 +25,8 @@ from tomlkit.items import InlineTable, Table
 from tomlkit.toml_document import TOMLDocument
 
 from scheduler.atomicfile import write_atomic
-from scheduler.config import Config, ConfigError, parse_config
-from scheduler.onboard import OnboardError
+from scheduler.config import Config, parse_config
+from scheduler.errors import ConfigError, OnboardError
 
 #: Mode of a config file this module creates (filtered by the umask, like any editor's).
 NEW_FILE_MODE = 0o644

@@ -1,15 +1,10 @@
-"""The only code that knows the runner.v1 wire: messages, their JSON mapping, the client."""
+"""The only code that knows the runner.v1 wire: messages, their JSON mapping, the client.
 
-from scheduler.protocol.client import (
-    DEFINITE_CODES,
-    ConnectError,
-    RpcError,
-    RunnerClient,
-    TransportFailure,
-    ssl_context,
-)
+Its failures (``RpcError`` and below) live in :mod:`scheduler.errors`.
+"""
+
+from scheduler.protocol.client import RunnerClient, ssl_context
 from scheduler.protocol.messages import (
-    DecodeError,
     FetchTaskResponse,
     LogRow,
     Result,
@@ -22,20 +17,15 @@ from scheduler.protocol.messages import (
 )
 
 __all__ = [
-    "DEFINITE_CODES",
-    "ConnectError",
-    "DecodeError",
     "FetchTaskResponse",
     "LogRow",
     "Result",
-    "RpcError",
     "Runner",
     "RunnerClient",
     "StepState",
     "Task",
     "TaskNeed",
     "TaskState",
-    "TransportFailure",
     "UpdateTaskResponse",
     "ssl_context",
 ]

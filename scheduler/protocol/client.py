@@ -5,11 +5,12 @@ call is bounded as a whole by ``trio.fail_after`` (httpx timeouts are per networ
 operation, so a server trickling bytes would otherwise hold a call forever) and by
 a response size limit.
 
-Failures come out as two kinds, because the fetch loop must tell them apart:
+Failures come out as two kinds, because the fetch loop must tell them apart
+(the tree is drawn in :mod:`scheduler.errors`):
 
-* :class:`ConnectError` — the server answered with a Connect error code.
-  :attr:`RpcError.outcome_unknown` says whether the request may have had an effect.
-* :class:`TransportFailure` — no usable answer (timeout, reset, refused, garbage,
+* ``ConnectError`` — the server answered with a Connect error code.
+  ``RpcError.outcome_unknown`` says whether the request may have had an effect.
+* a ``TransportFailure`` subclass — no usable answer (timeout, reset, refused, garbage,
   oversized). The request may or may not have been processed: always "unknown".
 """
 
@@ -28,6 +29,14 @@ import httpx
 import trio
 
 from scheduler import __version__
+from scheduler.errors import (
+    ConnectError,
+    DecodeError,
+    MalformedAnswer,
+    OversizedAnswer,
+    RpcTimeout,
+    TransportBroken,
+)
 from scheduler.protocol import messages as m
 
 T = TypeVar("T")
@@ -49,46 +58,6 @@ _HTTP_TO_CODE = {
     503: "unavailable",
     504: "unavailable",
 }
-
-# Codes that prove the server did not act on the request. Everything else
-# (unavailable, internal, unknown, deadline_exceeded, resource_exhausted, aborted...)
-# may have happened after the server assigned tasks, so its outcome is unknown.
-DEFINITE_CODES = frozenset(
-    {
-        "unauthenticated",
-        "permission_denied",
-        "invalid_argument",
-        "unimplemented",
-        "not_found",
-        "failed_precondition",
-        "out_of_range",
-    }
-)
-
-
-class RpcError(Exception):
-    """Base of every failed RPC."""
-
-    outcome_unknown: bool = True
-
-
-class ConnectError(RpcError):
-    def __init__(self, code: str, message: str, http_status: int | None = None) -> None:
-        super().__init__(f"{code}: {message}" if message else code)
-        self.code = code
-        self.message = message
-        self.http_status = http_status
-        self.outcome_unknown = code not in DEFINITE_CODES
-
-
-class TransportFailure(RpcError):
-    """No usable answer. ``kind`` is ``timeout``, ``transport``, ``malformed`` or ``oversized``."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
-
 
 def _why(exc: BaseException) -> str:
     """``Type: message`` of ``exc`` and of the deepest cause that says more.
@@ -228,8 +197,8 @@ class RunnerClient:
         if resp.task_id != state.id:
             # Forgejo always answers with the task's own state; anything else (an empty
             # object, another message) is not an acknowledgement of this update.
-            raise TransportFailure(
-                "malformed", f"UpdateTask: the answer is about task {resp.task_id}, not {state.id}"
+            raise MalformedAnswer(
+                f"UpdateTask: the answer is about task {resp.task_id}, not {state.id}"
             )
         return resp
 
@@ -239,7 +208,7 @@ class RunnerClient:
         data = await self.call("UpdateLog", m.update_log_request(task_id, index, rows, no_more))
         ack = self._decode(m.decode_ack_index, data)
         if ack < 0:
-            raise TransportFailure("malformed", f"UpdateLog: negative ackIndex {ack}")
+            raise MalformedAnswer(f"UpdateLog: negative ackIndex {ack}")
         return ack
 
     # --- plumbing ----------------------------------------------------------------
@@ -248,8 +217,8 @@ class RunnerClient:
     def _decode(fn: Callable[[Any], T], data: Any) -> T:
         try:
             return fn(data)
-        except m.DecodeError as exc:
-            raise TransportFailure("malformed", str(exc)[:500]) from None
+        except DecodeError as exc:
+            raise MalformedAnswer(str(exc)[:500]) from None
 
     async def call(
         self, method: str, body: m.JSON, *, headers: Mapping[str, str] | None = None
@@ -265,23 +234,22 @@ class RunnerClient:
                     raw = await self._read_limited(resp)
         except trio.TooSlowError:
             detail = f"{method}: no answer within {self.timeout:g}s"
-            raise TransportFailure("timeout", detail) from None
+            raise RpcTimeout(detail) from None
         except httpx.TimeoutException as exc:
-            raise TransportFailure("timeout", f"{method}: {type(exc).__name__}") from None
+            raise RpcTimeout(f"{method}: {type(exc).__name__}") from None
         except httpx.TransportError as exc:
-            raise TransportFailure("transport", f"{method}: {_why(exc)}") from None
+            raise TransportBroken(f"{method}: {_why(exc)}") from None
         except httpx.DecodingError as exc:
             # A content-encoding (gzip, deflate...) whose body does not decode.
-            raise TransportFailure("malformed", f"{method}: {_why(exc)}") from None
+            raise MalformedAnswer(f"{method}: {_why(exc)}") from None
         except httpx.HTTPError as exc:  # anything else httpx can raise about an answer
-            raise TransportFailure("transport", f"{method}: {_why(exc)}") from None
+            raise TransportBroken(f"{method}: {_why(exc)}") from None
         return self._interpret(method, resp, raw)
 
     async def _read_limited(self, resp: httpx.Response) -> bytes:
         declared = resp.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_response_bytes:
-            raise TransportFailure(
-                "oversized", f"answer of {declared} bytes, limit {self.max_response_bytes}"
+            raise OversizedAnswer(f"answer of {declared} bytes, limit {self.max_response_bytes}"
             )
         chunks: list[bytes] = []
         size = 0
@@ -290,8 +258,7 @@ class RunnerClient:
             async for chunk in body:
                 size += len(chunk)
                 if size > self.max_response_bytes:
-                    raise TransportFailure(
-                        "oversized", f"answer larger than {self.max_response_bytes} bytes"
+                    raise OversizedAnswer(f"answer larger than {self.max_response_bytes} bytes"
                     )
                 chunks.append(chunk)
         return b"".join(chunks)
@@ -301,19 +268,19 @@ class RunnerClient:
         if resp.status_code == 200:
             if ctype != "application/json":
                 shown = ctype[:80] or "none"
-                raise TransportFailure("malformed", f"{method}: content type {shown!r}")
+                raise MalformedAnswer(f"{method}: content type {shown!r}")
             if not raw:
                 # protojson writes "{}" for an empty message; zero bytes come from something
                 # else (a proxy). Taken as "no tasks", it would drop a key whose tasks the
                 # server may have assigned.
-                raise TransportFailure("malformed", f"{method}: empty answer")
+                raise MalformedAnswer(f"{method}: empty answer")
             try:
                 data = json.loads(raw)
             except (ValueError, RecursionError):
                 # RecursionError: nesting deeper than the interpreter's stack ("[[[[...").
-                raise TransportFailure("malformed", f"{method}: invalid JSON") from None
+                raise MalformedAnswer(f"{method}: invalid JSON") from None
             if not isinstance(data, dict):
-                raise TransportFailure("malformed", f"{method}: answer is not a JSON object")
+                raise MalformedAnswer(f"{method}: answer is not a JSON object")
             return data
         code, message = _HTTP_TO_CODE.get(resp.status_code, "unknown"), ""
         if ctype == "application/json":

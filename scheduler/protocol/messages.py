@@ -26,11 +26,9 @@ from typing import Any
 
 import attrs
 
+from scheduler.errors import DecodeError
+
 JSON = dict[str, Any]
-
-
-class DecodeError(ValueError):
-    """A message from the wire does not fit the runner.v1 schema."""
 
 
 class Result(enum.IntEnum):

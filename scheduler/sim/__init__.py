@@ -9,7 +9,7 @@ seeded fault injection and a ledger of what happened to every task.
     sim = Simulator([InstanceSpec("a", faults=FaultPlan(drop_after_assign=0.1)), "b"], seed=1)
     host, port = await nursery.start(sim.serve, "127.0.0.1", 0)
     sim.instances["a"].add_job(duration=0.4)
-    sim.ledger.snapshot()
+    sim.ledger.statistics()
 """
 
 from scheduler.sim.faults import FaultPlan

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -80,6 +80,42 @@ class _Counts:
     late_updates: int = 0
     outstanding: int = 0
     peak_outstanding: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class TaskCounts:
+    """The counters above, for all instances or one, at one moment."""
+
+    assigned: int
+    delivered: int
+    redelivered: int
+    finished: int
+    zombie: int
+    cancelled: int
+    duplicate_executions: int
+    late_updates: int
+    outstanding: int
+    peak_outstanding: int
+    lost: int
+    results: Mapping[str, int]  # finished tasks by wire result name, sorted
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = attrs.asdict(self)
+        out["results"] = dict(self.results)
+        return out
+
+
+@attrs.frozen(kw_only=True)
+class SimStatistics(TaskCounts):
+    """The ledger at one moment: the totals, and the same per instance."""
+
+    instances: Mapping[str, TaskCounts]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able, keys as the simulator's ``/_sim/state`` has always served them."""
+        out = {k: v for k, v in super().to_json().items() if k != "instances"}
+        out["instances"] = {name: c.to_json() for name, c in self.instances.items()}
+        return out
 
 
 class Ledger:
@@ -181,23 +217,26 @@ class Ledger:
     def zombie(self) -> int:
         return self._total.zombie
 
-    def _counts(self, counts: _Counts, records: list[TaskRecord]) -> dict[str, Any]:
-        out: dict[str, Any] = attrs.asdict(counts)
-        out["lost"] = sum(1 for rec in records if rec.lost)
-        out["results"] = dict(
-            sorted(Counter(rec.result.wire for rec in records if rec.finished).items())
-        )
-        return out
-
-    def snapshot(self) -> dict[str, Any]:
-        """Totals, then the same per instance; JSON-able."""
-        records = list(self.tasks.values())
-        out = self._counts(self._total, records)
-        out["instances"] = {
-            name: self._counts(counts, [r for r in records if r.instance == name])
-            for name, counts in sorted(self._per_instance.items())
+    @staticmethod
+    def _counts(counts: _Counts, records: list[TaskRecord]) -> dict[str, Any]:
+        return {
+            **attrs.asdict(counts),
+            "lost": sum(1 for rec in records if rec.lost),
+            "results": dict(
+                sorted(Counter(rec.result.wire for rec in records if rec.finished).items())
+            ),
         }
-        return out
+
+    def statistics(self) -> SimStatistics:
+        """Totals, then the same per instance (``.to_json()`` for a JSON document)."""
+        records = list(self.tasks.values())
+        return SimStatistics(
+            **self._counts(self._total, records),
+            instances={
+                name: TaskCounts(**self._counts(counts, [r for r in records if r.instance == name]))
+                for name, counts in sorted(self._per_instance.items())
+            },
+        )
 
     def summary(self) -> str:
         """One line for humans (the ``sim`` command prints it periodically)."""

@@ -118,7 +118,7 @@ class Simulator:
     def report(self) -> dict[str, Any]:
         """The ledger plus each instance's queue, RPC and fault counters; JSON-able."""
         return {
-            "ledger": self.ledger.snapshot(),
+            "ledger": self.ledger.statistics().to_json(),
             "instances": {
                 name: {
                     "forgejo": 14 if inst.forgejo14 else 15,

@@ -33,8 +33,9 @@ import attrs
 import trio
 
 from scheduler import __version__
+from scheduler.errors import ConnectError, RpcError
 from scheduler.executor import Executor
-from scheduler.protocol import ConnectError, LogRow, Result, RpcError, RunnerClient, Task, TaskState
+from scheduler.protocol import LogRow, Result, RunnerClient, Task, TaskState
 from scheduler.task.log import TaskLog
 from scheduler.task.reporter import DEFAULT_RETRY, RetryPolicy, TaskReporter
 

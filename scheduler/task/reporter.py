@@ -23,14 +23,8 @@ from typing import Protocol
 import attrs
 import trio
 
-from scheduler.protocol import (
-    ConnectError,
-    LogRow,
-    Result,
-    RpcError,
-    TaskState,
-    UpdateTaskResponse,
-)
+from scheduler.errors import ConnectError, RpcError
+from scheduler.protocol import LogRow, Result, TaskState, UpdateTaskResponse
 from scheduler.task.log import TaskLog
 
 log = logging.getLogger(__name__)

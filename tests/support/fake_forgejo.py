@@ -8,7 +8,8 @@ from collections.abc import Mapping
 
 import attrs
 
-from scheduler.protocol import DecodeError, UpdateTaskResponse
+from scheduler.errors import DecodeError
+from scheduler.protocol import UpdateTaskResponse
 from tests.support.rawhttp import RawHandler, RawRequest, Stream, http_response, send_json
 
 

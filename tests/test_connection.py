@@ -1,0 +1,172 @@
+"""scheduler.connection alone: the loop's transitions against a scripted client, its
+statistics() and repr, and the outcome labels of failed fetches."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import cast
+
+import pytest
+import trio
+import trio.testing
+
+from scheduler.config import ConnectionSettings, RunnerSettings
+from scheduler.connection import ConnectionLoop, Phase, classify
+from scheduler.errors import (
+    ConnectError,
+    MalformedAnswer,
+    OversizedAnswer,
+    RpcError,
+    RpcTimeout,
+    TransportBroken,
+)
+from scheduler.executor import Executor
+from scheduler.keys import KeyStore, PendingFetch
+from scheduler.metrics import Metrics
+from scheduler.pool import SlotPool
+from scheduler.protocol import FetchTaskResponse, Runner, RunnerClient
+from scheduler.slots import SlotLedger
+
+
+class ScriptedClient:
+    """Declare always works; each FetchTask waits for the test to say what it returns."""
+
+    def __init__(self) -> None:
+        self.send, self._receive = trio.open_memory_channel[FetchTaskResponse | RpcError](0)
+        self.fetches: list[tuple[str, int, int]] = []  # (key, capacity, tasks_version)
+
+    async def declare(self, version: str, labels: tuple[str, ...]) -> Runner:
+        return Runner(uuid="u", labels=labels)
+
+    async def fetch_task(
+        self, *, tasks_version: int, task_capacity: int, request_key: str
+    ) -> FetchTaskResponse:
+        self.fetches.append((request_key, task_capacity, tasks_version))
+        outcome = await self._receive.receive()
+        if isinstance(outcome, RpcError):
+            raise outcome
+        return outcome
+
+
+def make_loop(tmp_path: Path, client: ScriptedClient) -> ConnectionLoop:
+    settings = ConnectionSettings(
+        name="home", url="http://forgejo.invalid", uuid="u", token="t", token_source="config",
+        labels=("debian:host",), max_slots=2, fetch_interval=5.0,
+    )
+    metrics = Metrics(capacity=2, connections=["home"], version="0")
+    ledger = SlotLedger(2)
+    ledger.add("home", settings.share)
+    store = KeyStore(tmp_path, "home")
+    store.load()
+    return ConnectionLoop(
+        settings=settings,
+        runner=RunnerSettings(capacity=2, state_dir=tmp_path),
+        client=cast(RunnerClient, client),
+        pool=SlotPool(ledger, metrics),
+        store=store,
+        executor=cast(Executor, None),  # no task ever arrives here
+        metrics=metrics,
+        rng=random.Random(1),
+    )
+
+
+async def step(client: ScriptedClient, outcome: FetchTaskResponse | RpcError) -> None:
+    """Answer the FetchTask in flight, then let the loop act on it."""
+    await client.send.send(outcome)
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_unknown_outcome_keeps_key_and_slots_until_an_answer(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    client = ScriptedClient()
+    loop = make_loop(tmp_path, client)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(loop.run, nursery)
+        await trio.testing.wait_all_tasks_blocked()
+        first = loop.statistics()
+        assert first.phase is Phase.FETCHING and first.up and first.declared
+        assert first.pending is not None and first.pending == loop.store.state.pending
+        assert first.attempts == 1 and not first.unresolved
+
+        await step(client, RpcTimeout("FetchTask: no answer within 30s"))
+        doubt = loop.statistics()
+        assert doubt.phase is Phase.UNRESOLVED and doubt.unresolved
+        assert doubt.pending == first.pending  # the store still holds the same key
+        assert doubt.last_error == "timeout: FetchTask: no answer within 30s"
+        assert loop.pool.statistics().slots.connections["home"].reserved == 2
+
+        await trio.sleep(120)  # past any backoff: the same key went out again
+        assert client.fetches[1] == client.fetches[0]
+        assert loop.statistics().attempts == 2
+
+        await step(client, FetchTaskResponse(tasks=(), tasks_version=7))
+        done = loop.statistics()
+        assert done.phase is Phase.IDLE and done.pending is None and not done.unresolved
+        assert done.tasks_version == 7 and done.last_error == ""
+        assert loop.store.state.pending is None
+        assert loop.pool.statistics().slots.connections["home"].reserved == 0
+
+        loop.stop(trio.current_time())
+        await trio.testing.wait_all_tasks_blocked()
+        assert loop.statistics().phase is Phase.STOPPED and loop.statistics().stopping
+
+
+async def test_refusal_drops_key_and_marks_down(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    client = ScriptedClient()
+    loop = make_loop(tmp_path, client)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(loop.run, nursery)
+        await trio.testing.wait_all_tasks_blocked()
+        await step(client, ConnectError("unauthenticated", "bad token", 401))
+        down = loop.statistics()
+        assert down.phase is Phase.DOWN and down.up is False
+        assert down.pending is None and loop.store.state.pending is None
+        assert down.last_error == "unauthenticated: bad token"
+        assert loop.pool.statistics().slots.connections["home"].held == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_retune_changes_settings_and_asks_for_a_new_declare(tmp_path: Path) -> None:
+    loop = make_loop(tmp_path, ScriptedClient())
+    settings = loop.settings
+    runner = RunnerSettings(capacity=2, state_dir=tmp_path, report_interval=9.0)
+    loop.retune(settings, runner)
+    assert loop.runner is runner and not loop.redeclare
+    loop.retune(settings, runner, relabel=True)
+    loop.retune(settings, runner)  # a later retune does not cancel a pending relabel
+    assert loop.redeclare
+
+
+def test_repr_shows_name_phase_health_and_key(tmp_path: Path) -> None:
+    loop = make_loop(tmp_path, ScriptedClient())
+    assert repr(loop) == "<ConnectionLoop home starting ?>"
+    loop.up, loop.phase = False, Phase.UNRESOLVED
+    key = PendingFetch.new(2, 0)
+    loop.store.set_pending(key)
+    loop.doubt.attempts, loop.doubt.unresolved = 3, True
+    assert repr(loop) == (
+        f"<ConnectionLoop home unresolved down key {key.key[:8]}… for 2 (3 sent, in doubt)>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("exc", "label"),
+    [
+        (RpcTimeout("FetchTask: no answer within 30s"), "timeout"),
+        (TransportBroken("FetchTask: ConnectError: refused"), "error"),
+        (MalformedAnswer("FetchTask: invalid JSON"), "error"),
+        (OversizedAnswer("answer larger than 10 bytes"), "error"),
+        (ConnectError("unauthenticated", "x"), "unauthorized"),
+        (ConnectError("permission_denied", "x"), "unauthorized"),
+        (ConnectError("resource_exhausted", "x"), "throttled"),
+        (ConnectError("unavailable", "HTTP 429", 429), "throttled"),
+        (ConnectError("deadline_exceeded", "x"), "timeout"),
+        (ConnectError("internal", "x"), "error"),
+    ],
+)
+def test_classify_by_type(exc: RpcError, label: str) -> None:
+    assert classify(exc) == label
