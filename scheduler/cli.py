@@ -13,10 +13,14 @@ from pathlib import Path
 import trio
 
 from scheduler import __version__
+from scheduler import demo as demo_mod
 from scheduler.config import config_warnings, load_config, render_config
 from scheduler.errors import ConfigError
 from scheduler.logs import setup_logging
+from scheduler.onboard import import_config as import_mod
+from scheduler.onboard import register as register_mod
 from scheduler.service import Service
+from scheduler.sim import cli as sim_cli
 
 log = logging.getLogger("scheduler.cli")
 
@@ -46,24 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", "-c", type=Path, default=Path("config.toml"))
 
     demo = sub.add_parser("demo", help="run the service against three simulated Forgejos")
-    from scheduler import demo as demo_mod
 
     demo_mod.add_arguments(demo)
 
     sim = sub.add_parser("sim", help="serve simulated Forgejo instances")
-    from scheduler.sim import cli as sim_cli
 
     sim_cli.add_arguments(sim)
 
     reg = sub.add_parser("register", help="register a new runner on a Forgejo and add it "
                          "to the config as [connections.NAME]")
-    from scheduler.onboard import register as register_mod
 
     register_mod.add_arguments(reg)
 
     imp = sub.add_parser("import-config", help="convert a forgejo-runner config.yml and/or "
                          ".runner file into a config.toml")
-    from scheduler.onboard import import_config as import_mod
 
     import_mod.add_arguments(imp)
     return parser
@@ -76,20 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return run_daemon(args.config, args.log_level, watch=args.watch_config)
     if args.command == "demo":
-        from scheduler import demo as demo_mod
 
         return demo_mod.run(args)
     if args.command == "sim":
-        from scheduler.sim import cli as sim_cli
 
         setup_logging(args.log_level)
         return sim_cli.run(args)
     if args.command == "register":
-        from scheduler.onboard import register as register_mod
 
         return register_mod.run(args)
     if args.command == "import-config":
-        from scheduler.onboard import import_config as import_mod
 
         return import_mod.run(args)
     raise AssertionError(args.command)

@@ -458,18 +458,17 @@ class ConnectionLoop:
     # --- tasks ----------------------------------------------------------------------
 
     async def _run_task(self, task: Task) -> None:
-        running = self.metrics.tasks_running.labels(self.name)
-        running.inc()
+        self.m.tasks_running.inc()
         try:
             outcome = await run_task(
                 self.client, task, self.executor,
                 report_interval=self.runner.report_interval, connection=self.name,
             )
             result = outcome.result.name.lower() if outcome.result.is_final else "unknown"
-            self.metrics.tasks_finished_total.labels(self.name, result).inc()
-            self.metrics.task_duration_seconds.labels(self.name).observe(outcome.duration)
+            self.m.tasks_finished[result].inc()
+            self.m.task_duration.observe(outcome.duration)
         finally:
-            running.dec()
+            self.m.tasks_running.dec()
             self.store.task_done(task.id)
             self.pool.finish(self.name)
 
@@ -481,7 +480,7 @@ class ConnectionLoop:
         try:
             result = await settle_orphan(self.client, task_id, rng=self.rng)
             if result is Result.FAILURE:
-                self.metrics.tasks_finished_total.labels(self.name, "failure").inc()
+                self.m.tasks_finished["failure"].inc()
             elif result is not None:
                 log.info("connection %s: task %d had already ended (%s)",
                          self.name, task_id, result.name.lower())
@@ -493,6 +492,6 @@ class ConnectionLoop:
     async def _reject_task(self, task: Task, reason: str) -> None:
         try:
             await reject_task(self.client, task, reason, connection=self.name)
-            self.metrics.tasks_finished_total.labels(self.name, "failure").inc()
+            self.m.tasks_finished["failure"].inc()
         finally:
             self.store.task_done(task.id)

@@ -19,15 +19,31 @@ server; the fetch loop keeps a request key exactly when it is true)::
     ├── ValueError
     │   ├── DecodeError           a wire message does not fit the runner.v1 schema
     │   └── SecretFileError       a token file gave no token
+    ├── LogsLost                  the server acknowledged fewer log rows than it
+    │                             had already acknowledged (the final log gives up)
     ├── ConfigError               the configuration is unusable
     └── OnboardError              ``register`` / ``import-config`` cannot go on
+
+Inside the executor, errors that never leave it: the executor turns each into a
+failed step or job with a log line saying why, so they are defined beside the code
+that raises them and drawn here only to keep the map whole::
+
+    Exception
+    ├── ActionError               executor/actions.py     an action cannot be used
+    ├── StepFailed                executor/steps.py       a step failed (message logged)
+    ├── ExprFailure               executor/contexts.py    an expression cannot be evaluated
+    └── ValueError
+        ├── WorkflowError         executor/workflow.py    not a runnable one-job workflow
+        ├── HashFilesError        executor/hashfiles.py   a bad ``hashFiles`` option
+        └── ExpressionError       executor/expr/errors.py syntax or evaluation error
+
+The simulator (``scheduler/sim/``) is the server's side of the wire and keeps its
+own errors. ``tests/test_errors.py`` fails when an exception class of the service
+is missing from these drawings.
 
 Why types and not a ``kind`` string: callers ask ``isinstance`` (``except RpcTimeout``)
 and a typo is an import error, not a silently wrong branch. The messages are what an
 operator reads, so they are part of the behaviour: each failure keeps its prefix.
-
-Errors that belong to one subsystem's inner workings (the executor's workflow and
-expression errors, the report's lost logs) stay with their code.
 """
 
 from __future__ import annotations
@@ -127,6 +143,11 @@ class DecodeError(ValueError):
 
 class SecretFileError(ValueError):
     """Why the file gave no token, starting with the file's name (never its content)."""
+
+
+class LogsLost(Exception):
+    """The server acknowledged fewer log rows than it had already acknowledged: rows
+    it held are gone, so the final UpdateLog stops resending (the state still goes)."""
 
 
 class ConfigError(Exception):

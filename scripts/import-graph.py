@@ -48,13 +48,7 @@ _LAZY = "lazy import, no cycle behind it (counted above): to move to module leve
 
 #: (file, imported module) -> why it is still there. Lazy imports outside the executor,
 #: owned by other parts of issue 10; the lead moves them to module level and empties this.
-ALLOWED_FUNCTION_IMPORTS: dict[tuple[str, str], str] = {
-    ("scheduler/cli.py", "scheduler.demo"): _LAZY,
-    ("scheduler/cli.py", "scheduler.sim.cli"): _LAZY,
-    ("scheduler/cli.py", "scheduler.onboard.register"): _LAZY,
-    ("scheduler/cli.py", "scheduler.onboard.import_config"): _LAZY,
-    ("scheduler/onboard/register.py", "tomlkit"): _LAZY,
-}
+ALLOWED_FUNCTION_IMPORTS: dict[tuple[str, str], str] = {}
 
 #: Sorted module names of a strongly connected component -> why it is still there.
 ALLOWED_CYCLES: dict[tuple[str, ...], str] = {}

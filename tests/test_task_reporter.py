@@ -13,10 +13,10 @@ import pytest
 import trio
 import trio.testing
 
-from scheduler.errors import ConnectError
+from scheduler.errors import ConnectError, LogsLost
 from scheduler.protocol import LogRow, Result, Task, TaskState, UpdateTaskResponse
 from scheduler.task.log import TaskLog
-from scheduler.task.reporter import LogsLost, RetryPolicy, TaskReporter
+from scheduler.task.reporter import RetryPolicy, TaskReporter
 
 
 @attrs.define

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import tomlkit
 import trio
 
 from scheduler import __version__
@@ -254,8 +255,6 @@ async def _register_rpc(
 
 def _new_config_skeleton(cf: tf.ConfigFile) -> None:
     """The smallest valid config a first ``register`` creates (the connection follows)."""
-    import tomlkit
-
     doc = cf.doc
     doc.add(
         tomlkit.comment("forgejo-scheduler configuration, created by `forgejo-scheduler register`.")

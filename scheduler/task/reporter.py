@@ -23,7 +23,7 @@ from typing import Protocol
 import attrs
 import trio
 
-from scheduler.errors import ConnectError, RpcError
+from scheduler.errors import ConnectError, LogsLost, RpcError
 from scheduler.protocol import LogRow, Result, TaskState, UpdateTaskResponse
 from scheduler.task.log import TaskLog
 
@@ -69,10 +69,6 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY = RetryPolicy()
-
-
-class LogsLost(Exception):
-    """The server acknowledged fewer rows than it had already acknowledged."""
 
 
 class TaskReporter:
