@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from scheduler.config import ConnectionSettings, RunnerSettings
-from scheduler.connection import ConnectionLoop, Phase, classify
+from scheduler.connection import ConnectionLoop, Phase
 from scheduler.errors import (
     ConnectError,
     MalformedAnswer,
@@ -22,6 +22,7 @@ from scheduler.errors import (
     TransportBroken,
 )
 from scheduler.executor import Executor
+from scheduler.fetch import classify
 from scheduler.keys import KeyStore, PendingFetch
 from scheduler.metrics import Metrics
 from scheduler.pool import SlotPool
