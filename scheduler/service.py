@@ -112,6 +112,8 @@ class Service:
         for c in config.connections:
             self._register(c)
         self.phase = "starting"
+        #: Where /metrics and the health endpoints listen, once :meth:`run` serves them.
+        self.metrics_address: tuple[str, int] | None = None
         self._stop = trio.Event()
         self._drain_deadline = float("inf")
         self._conns: trio.Nursery | None = None
@@ -292,6 +294,7 @@ class Service:
                 app = make_app(self.metrics.registry, self)
                 address = await root.start(serve_http, app, listen.host, listen.port)
                 log.info("metrics and health on http://%s:%d/metrics", *address)
+                self.metrics_address = address
             async with trio.open_nursery() as conns:
                 self._conns = conns
                 for c in self.config.connections:

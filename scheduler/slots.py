@@ -48,7 +48,7 @@ from typing import Final
 
 import attrs
 
-from scheduler.config import Share
+from scheduler.config.values import Share
 from scheduler.errors import LedgerError
 
 #: Weight 1, nothing guaranteed, capped only by the capacity.

@@ -4,6 +4,8 @@ statistics() and repr, and the outcome labels of failed fetches."""
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import cast
 
@@ -72,6 +74,16 @@ def make_loop(tmp_path: Path, client: ScriptedClient) -> ConnectionLoop:
     )
 
 
+@asynccontextmanager
+async def running(loop: ConnectionLoop) -> AsyncIterator[ConnectionLoop]:
+    """``loop`` running (its first FetchTask in flight); cancelled on exit."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(loop.run, nursery)
+        await trio.testing.wait_all_tasks_blocked()
+        yield loop
+        nursery.cancel_scope.cancel()
+
+
 async def step(client: ScriptedClient, outcome: FetchTaskResponse | RpcError) -> None:
     """Answer the FetchTask in flight, then let the loop act on it."""
     await client.send.send(outcome)
@@ -82,10 +94,7 @@ async def test_unknown_outcome_keeps_key_and_slots_until_an_answer(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     client = ScriptedClient()
-    loop = make_loop(tmp_path, client)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(loop.run, nursery)
-        await trio.testing.wait_all_tasks_blocked()
+    async with running(make_loop(tmp_path, client)) as loop:
         first = loop.statistics()
         assert first.phase is Phase.FETCHING and first.up and first.declared
         assert first.pending is not None and first.pending == loop.store.state.pending
@@ -118,17 +127,13 @@ async def test_refusal_drops_key_and_marks_down(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     client = ScriptedClient()
-    loop = make_loop(tmp_path, client)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(loop.run, nursery)
-        await trio.testing.wait_all_tasks_blocked()
+    async with running(make_loop(tmp_path, client)) as loop:
         await step(client, ConnectError("unauthenticated", "bad token", 401))
         down = loop.statistics()
         assert down.phase is Phase.DOWN and down.up is False
         assert down.pending is None and loop.store.state.pending is None
         assert down.last_error == "unauthenticated: bad token"
         assert loop.pool.statistics().slots.connections["home"].held == 0
-        nursery.cancel_scope.cancel()
 
 
 async def test_retune_changes_settings_and_asks_for_a_new_declare(tmp_path: Path) -> None:

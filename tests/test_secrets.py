@@ -38,9 +38,11 @@ from scheduler.config import MetricsSettings, load_config, token_file_warning
 from scheduler.executor.simulated import SimulatedExecutor
 from scheduler.service import Service
 from scheduler.sim import FaultPlan, InstanceSpec, Simulator
-from tests.support.config import write_config
+from tests.support.config import Inline, write_config
 from tests.support.daemon import CLI, ROOT
+from tests.support.harness import running_service
 from tests.support.polling import wait_for
+from tests.support.sim import running_sim
 
 JOB_SECRET = "hunter2-job-secret-value"
 JOB_SECRET_2 = "s3cr3t/with=special+chars"
@@ -98,43 +100,29 @@ def three_sources(sim: Simulator, tmp: Path, monkeypatch: pytest.MonkeyPatch) ->
         "a": {"url": sim.base_url("a"), "uuid": a.runner.uuid, "token_file": str(token_file)},
         "b": {"url": sim.base_url("b"), "uuid": b.runner.uuid,
               "token_env": "SECRETS_TEST_TOKEN_B"},
-        "c": {"url": sim.base_url("c"), "uuid": c.runner.uuid, "token": "PLACEHOLDER"},
+        "c": {"url": sim.base_url("c"), "uuid": c.runner.uuid, "token": Inline(c.runner.token)},
     }
     return Env(conns)
-
-
-def write_three(path: Path, sim: Simulator, env: Env, **kw: object) -> Path:
-    """``write_config`` puts a ``token`` in a file; connection c keeps it in the config."""
-    path = write_config(path, env.conns, capacity=3, **kw)  # type: ignore[arg-type]
-    text = path.read_text().replace(
-        f'token_file = "{path.parent / "c.token"}"',
-        f'token = "{sim.instances["c"].runner.token}"')
-    path.write_text(text)
-    return path
 
 
 async def test_tokens_from_file_env_and_config_authenticate(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    sim = Simulator(["a", "b", "c"], seed=2)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sim.serve, "127.0.0.1", 0)
+    async with running_sim("a", "b", "c", seed=2) as sim:
         env = three_sources(sim, tmp_path, monkeypatch)
-        config = load_config(write_three(tmp_path / "config.toml", sim, env))
+        path = write_config(tmp_path / "config.toml", env.conns, capacity=3)
+        config = load_config(path)
         sources = {c.name: c.token_source for c in config.connections}
         assert sources == {"a": f"file:{tmp_path / 'a.token'}",
                            "b": "env:SECRETS_TEST_TOKEN_B", "c": "config"}
         for c in config.connections:
             assert c.token == sim.instances[c.name].runner.token
             assert c.token not in repr(c)
-        service = Service(config, executor=SimulatedExecutor(), seed=1)
-        async with trio.open_nursery() as inner:
-            await inner.start(service.run)
+        async with running_service(path, seed=1) as service:
             for name in "abc":
                 sim.instances[name].add_job(duration=1)
             await wait_for(lambda: sim.ledger.statistics().finished == 3)
             service.request_stop()
-        nursery.cancel_scope.cancel()
 
 
 def test_token_file_readable_by_others_is_warned_about(tmp_path: Path) -> None:
@@ -205,16 +193,13 @@ async def test_scan_in_process_with_faults_everywhere(
         caplog.set_level(logging.DEBUG, logger=name)
     faults = FaultPlan(drop_after_assign=0.3, error_5xx=0.1, fail_update_log=0.2,
                        fail_update_task=0.1)
-    sim = Simulator([InstanceSpec(n, faults=faults) for n in "abc"], seed=11)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sim.serve, "127.0.0.1", 0)
+    async with running_sim(*(InstanceSpec(n, faults=faults) for n in "abc"), seed=11) as sim:
         env = three_sources(sim, tmp_path, monkeypatch)
         tokens = [sim.instances[n].runner.token for n in "abc"]
         (tmp_path / "state").mkdir(mode=0o755)  # too open: the service tightens it
-        config = write_three(tmp_path / "config.toml", sim, env, metrics="127.0.0.1:0")
-        service = Service(load_config(config), executor=SimulatedExecutor(), seed=4)
-        async with trio.open_nursery() as inner:
-            started = await inner.start(service.run)
+        config = write_config(tmp_path / "config.toml", env.conns, capacity=3,
+                              metrics="127.0.0.1:0")
+        async with running_service(config, seed=4) as service:
             for name in "abc":
                 for _ in range(4):
                     sim.instances[name].add_job(workflow=echo_secrets_workflow(),
@@ -223,14 +208,13 @@ async def test_scan_in_process_with_faults_everywhere(
             await wait_for(lambda: sim.ledger.statistics().finished == 12)
             sim.instances["c"].runner.token = "0" * 40  # revoked: 401s from now on
             await wait_for(lambda: service.loops["c"].up is False)
-            assert started.metrics_address is not None
-            host, port = started.metrics_address
+            assert service.metrics_address is not None
+            host, port = service.metrics_address
             async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as http:
                 pages = {path: (await http.get(path)).text
                          for path in ("/metrics", "/healthz", "/readyz")}
             service.request_stop()
             await wait_for(lambda: service.phase == "stopped")
-        nursery.cancel_scope.cancel()
     secrets = all_secrets(sim, tokens)
     assert len(secrets) >= 3 + 2 + 12
     records = caplog.records
@@ -256,15 +240,13 @@ async def test_scan_of_the_real_daemon_with_the_host_executor(
     """A child process at DEBUG, its token file group/world readable, one connection
     insecure: it warns about both; its job (bash, via the host executor) prints a job
     secret and the task token; nothing secret is in its stderr, its rows, its metrics."""
-    sim = Simulator(["a", "b", "c"], seed=8)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sim.serve, "127.0.0.1", 0)
+    async with running_sim("a", "b", "c", seed=8) as sim, trio.open_nursery() as nursery:
         env = three_sources(sim, tmp_path, monkeypatch)
         (tmp_path / "a.token").chmod(0o644)
         env.conns["insecure"] = {"url": "https://127.0.0.1:9", "uuid": "u-x",
                                  "token": "1nsecure-t0ken-value", "insecure": True}
-        config = write_three(tmp_path / "config.toml", sim, env, metrics="127.0.0.1:0",
-                             labels=("sim:host",))
+        config = write_config(tmp_path / "config.toml", env.conns, capacity=3,
+                              metrics="127.0.0.1:0", labels=("sim:host",))
         tokens = [sim.instances[n].runner.token for n in "abc"] + ["1nsecure-t0ken-value"]
         workflow = (
             "jobs:\n  j:\n    runs-on: sim\n    steps:\n"

@@ -14,11 +14,21 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from scheduler.sim import Simulator
 from scheduler.sim.server import duration_text
 
 #: A duration as the config writes it: seconds, or the config's own text ("2s", "10m").
 Duration = float | str
+
+
+@attrs.frozen
+class Inline:
+    """A connection's ``token`` written into the config itself (``token = "..."``),
+    where a plain ``token`` goes to a 0600 file."""
+
+    token: str
 
 
 def toml_value(value: Any) -> str:
@@ -80,9 +90,10 @@ def write_config(
     labels: Iterable[str] = ("sim:host",),
 ) -> Path:
     """A config for any servers. Each connection has ``url``, ``uuid`` and ``token``
-    (written to a 0600 token file next to the config) or its own token key, plus any
-    other keys. The state lives in ``state_dir`` (by default ``state`` next to the
-    config); ``metrics=None`` disables the metrics server."""
+    (written to a 0600 token file next to the config, or into the config when it is an
+    :class:`Inline`) or its own token key, plus any other keys. The state lives in
+    ``state_dir`` (by default ``state`` next to the config); ``metrics=None`` disables
+    the metrics server."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [
         "[runner]",
@@ -99,7 +110,9 @@ def write_config(
     for name, conn in connections.items():
         lines += ["", f"[connections.{name}]"]
         for key, value in conn.items():
-            if key == "token":
+            if key == "token" and isinstance(value, Inline):
+                lines.append(f"token = {toml_value(value.token)}")
+            elif key == "token":
                 token_file = path.parent / f"{name}.token"
                 fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "w") as fh:
