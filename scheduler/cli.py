@@ -1,4 +1,4 @@
-"""``forgejo-scheduler``: run, demo, sim, check-config, register, import-config."""
+"""``forgejo-scheduler``: run, demo, sim, exec, check-config, register, import-config."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import trio
 
 from scheduler import __version__
 from scheduler import demo as demo_mod
+from scheduler import exec as exec_mod
 from scheduler.config import config_warnings, load_config, render_config
 from scheduler.errors import ConfigError
 from scheduler.logs import setup_logging
@@ -42,20 +43,29 @@ def build_parser() -> argparse.ArgumentParser:
         "shutdown_timeout) and exit 0; a second one cancels running tasks at once. "
         "SIGHUP: reload the config file.",
     )
-    run.add_argument("--config", "-c", type=Path, default=Path("config.toml"))
+    run.add_argument("--config", "-c", type=Path, default=Path("config.toml"),
+                     help="the config file (default ./config.toml)")
     run.add_argument("--watch-config", action="store_true",
                      help="reload the config file when it changes (checked every 2 s)")
 
     check = sub.add_parser("check-config", help="validate a config and print it resolved")
-    check.add_argument("--config", "-c", type=Path, default=Path("config.toml"))
+    check.add_argument("--config", "-c", type=Path, default=Path("config.toml"),
+                       help="the config file (default ./config.toml)")
 
-    demo = sub.add_parser("demo", help="run the service against three simulated Forgejos")
+    demo = sub.add_parser("demo", help="run the service against three simulated Forgejos",
+                          description=demo_mod.DESCRIPTION)
 
     demo_mod.add_arguments(demo)
 
-    sim = sub.add_parser("sim", help="serve simulated Forgejo instances")
+    sim = sub.add_parser("sim", help="serve simulated Forgejo instances",
+                         description=sim_cli.DESCRIPTION)
 
     sim_cli.add_arguments(sim)
+
+    exe = sub.add_parser("exec", help="run a workflow's job here, through a simulated Forgejo "
+                         "and the real service and host executor", description=exec_mod.DESCRIPTION)
+
+    exec_mod.add_arguments(exe)
 
     reg = sub.add_parser("register", help="register a new runner on a Forgejo and add it "
                          "to the config as [connections.NAME]")
@@ -82,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         setup_logging(args.log_level)
         return sim_cli.run(args)
+    if args.command == "exec":
+
+        return exec_mod.run(args)
     if args.command == "register":
 
         return register_mod.run(args)

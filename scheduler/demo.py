@@ -4,7 +4,8 @@ Three instances with different weights, fetch intervals and loads, all of them
 dropping 10 % of FetchTask answers after assigning (the lost-response case that
 idempotent fetch exists for), one answering some 5xx, one stalling for a while.
 The service runs exactly as ``run`` does (config file, loopback HTTP, host
-executor running real bash steps) with capacity 4. Every second a progress line;
+executor running real bash steps) with capacity 4. First what each instance injects
+(read from its FaultPlan) and a legend of the progress line; every second a progress line;
 at the end a report whose numbers come from the simulator's ledger (what the
 servers saw) and from the service's own metrics.
 
@@ -25,11 +26,18 @@ import attrs
 import trio
 
 from scheduler.config import load_config
+from scheduler.connection import Phase
 from scheduler.logs import setup_logging
 from scheduler.service import Service, Started
 from scheduler.sim import FaultPlan, InstanceSpec, Simulator
 from scheduler.slots import jain_index
 
+DESCRIPTION = (
+    "The real service against three simulated Forgejo instances with different weights, "
+    "loads and injected faults. Prints the faults and a legend first, then a progress line "
+    "every second, then a report from the simulator's ledger and the service's metrics. "
+    "Exit 1 if a task was lost, ran twice, or the capacity was exceeded."
+)
 SAMPLE_EVERY = 0.05
 
 
@@ -56,10 +64,24 @@ FETCH_TIMEOUT = 3.0
 SHUTDOWN_TIMEOUT = 10.0
 
 
+PHASES = {
+    Phase.STARTING: "Declare not answered yet",
+    Phase.IDLE: "waiting fetch_interval before the next FetchTask",
+    Phase.HUNGRY: "waiting for the pool to grant slots",
+    Phase.FETCHING: "a FetchTask in flight",
+    Phase.UNRESOLVED: "the last FetchTask's outcome is unknown (answer dropped or timed "
+    "out): the same request key is retried and its slots stay reserved",
+    Phase.DOWN: "refused (e.g. bad token): probing with Declare, holding no slot",
+    Phase.STOPPED: "stopped",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of job arrivals")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--capacity", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seed of the simulated arrivals, durations and faults (default 1)")
+    parser.add_argument("--capacity", type=int, default=4,
+                        help="slots of the runner, shared by the three connections (default 4)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
@@ -167,6 +189,7 @@ async def run_demo(
         sim = Simulator(instance_specs(duration, scenario), seed=seed)
         async with trio.open_nursery() as nursery:
             await nursery.start(sim.serve, "127.0.0.1", 0)
+            print_scenario(sim, scenario, progress)
             config = load_config(write_config(sim, Path(tmp), capacity=capacity,
                                               scenario=scenario))
             service = Service(config, seed=seed)
@@ -195,6 +218,48 @@ async def run_demo(
             elapsed = trio.current_time() - t0
             nursery.cancel_scope.cancel()
         return build_report(service, sim, sampler, capacity, duration, elapsed, scenario)
+
+
+def describe_faults(plan: FaultPlan) -> list[str]:
+    """What a simulated instance does wrong, in words, from its actual FaultPlan."""
+    out = []
+    if plan.drop_after_assign:
+        out.append(f"loses {plan.drop_after_assign:.0%} of FetchTask answers after assigning "
+                   "their tasks")
+    if plan.error_5xx:
+        out.append(f"answers {plan.error_5xx:.0%} of FetchTasks 503 unavailable")
+    if plan.internal_error:
+        out.append(f"answers {plan.internal_error:.0%} of FetchTasks 500 internal")
+    if plan.reset_before_assign:
+        out.append(f"resets {plan.reset_before_assign:.0%} of FetchTask connections")
+    if plan.delay:
+        out.append(f"answers every FetchTask {plan.delay:g}s late")
+    for start, end in plan.stall_windows:
+        out.append(f"never answers a FetchTask from t={start:g}s to t={end:g}s (stall)")
+    if plan.fail_update_log:
+        out.append(f"answers {plan.fail_update_log:.0%} of UpdateLogs 503")
+    if plan.fail_update_task:
+        out.append(f"answers {plan.fail_update_task:.0%} of UpdateTasks 503")
+    return out or ["no faults"]
+
+
+def print_scenario(sim: Simulator, scenario: tuple[DemoConnection, ...], out: TextIO) -> None:
+    """Once at the start: each instance's load and injected faults, and the legend."""
+    print("simulated instances and the faults they inject (a lost answer's tasks come back "
+          "when the runner retries its request key):", file=out)
+    for c in scenario:
+        faults = "; ".join(describe_faults(sim.instances[c.name].faults.plan))
+        print(f"  {c.name}: weight {c.weight:g}, fetch_interval {c.fetch_interval:g}s, "
+              f"{c.rate:g} jobs/s of {c.durations[0]:g}-{c.durations[1]:g}s; {faults}",
+              file=out)
+    print("progress line: t=SECONDS slots IN-USE/CAPACITY | per connection "
+          "NAME: RUNNING+RESERVEDr share FAIR-SHARE qQUEUED PHASE | finished, outstanding "
+          "(tasks done / assigned and not done, as the servers count them)", file=out)
+    print("  RUNNING+RESERVEDr: slots running its tasks + slots reserved for its FetchTask; "
+          "share: its fair share of the slots now; qQUEUED: jobs waiting on its server",
+          file=out)
+    print("  PHASE: " + "; ".join(f"{p.value}: {text}" for p, text in PHASES.items()),
+          file=out, flush=True)
 
 
 async def print_progress(service: Service, sim: Simulator, t0: float, out: TextIO) -> None:

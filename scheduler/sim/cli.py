@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -18,7 +20,17 @@ import trio
 from scheduler.atomicfile import ensure_private_dir, write_atomic
 from scheduler.sim.faults import FaultPlan
 from scheduler.sim.instance import NAME_RE, InstanceSpec
+from scheduler.sim.jobparser import JobPayload, WorkflowFileError, read_workflow
 from scheduler.sim.server import Simulator
+
+DESCRIPTION = (
+    "Serve simulated Forgejo instances (runner.v1 over HTTP) until SIGINT/SIGTERM, with "
+    "generated jobs (--rate), your own workflow (--workflow) and injected faults; "
+    "--write-config writes a runner config pointing at them, to try `run` locally. Prints "
+    "a one-line ledger summary every --summary-interval seconds and the full ledger (JSON) "
+    "on exit."
+)
+SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _probability(text: str) -> float:
@@ -60,32 +72,84 @@ def _pair(text: str) -> tuple[float, float]:
     return low, high
 
 
+def secret_arg(text: str) -> tuple[str, str]:
+    """``NAME=VALUE``, or ``NAME`` alone for the value of the environment variable NAME."""
+    name, sep, value = text.partition("=")
+    if not SECRET_NAME_RE.match(name):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=VALUE with NAME made of letters, digits and _: {name!r}"
+        )
+    if not sep:
+        if name not in os.environ:
+            raise argparse.ArgumentTypeError(
+                f"{name}: no =VALUE given and no such environment variable"
+            )
+        value = os.environ[name]
+    return name, value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--listen", type=_listen, default=("127.0.0.1", 0), metavar="HOST:PORT")
-    parser.add_argument("--instances", type=_names, default=["a"], metavar="a,b,c")
+    parser.add_argument("--listen", type=_listen, default=("127.0.0.1", 0), metavar="HOST:PORT",
+                        help="where to serve every instance (default 127.0.0.1 on a free port)")
+    parser.add_argument("--instances", type=_names, default=["a"], metavar="a,b,c",
+                        help="instance names, each served under /NAME (default a)")
     parser.add_argument("--forgejo14", action="store_true", help="Forgejo 14: no request keys")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the job arrivals and of the faults (default 0)")
     parser.add_argument("--rate", type=float, default=0.5, help="jobs/s per instance")
-    parser.add_argument("--duration-range", type=_pair, default=(0.5, 3.0), metavar="LOW,HIGH")
+    parser.add_argument("--duration-range", type=_pair, default=(0.5, 3.0), metavar="LOW,HIGH",
+                        help="seconds each generated job sleeps, uniform in [LOW, HIGH]")
     parser.add_argument("--max-jobs", type=int, default=None, help="per instance")
-    parser.add_argument("--zombie-timeout", type=float, default=600.0, metavar="SECONDS")
+    parser.add_argument("--zombie-timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="a running task silent this long is failed, as Forgejo's "
+                        "zombie cron does (0 = never; default 600)")
+    own = parser.add_argument_group("your own workflow")
+    own.add_argument("--workflow", type=Path, default=None, metavar="FILE",
+                     help="queue this workflow file's jobs (each job is its own task, as "
+                     "Forgejo splits them; `needs` order and matrices are not simulated); "
+                     "with --write-config its literal runs-on labels are declared as "
+                     "NAME:host")
+    own.add_argument("--instance", default=None, metavar="NAME",
+                     help="the instance --workflow is queued on (default: the first one)")
+    own.add_argument("--repeat", type=_positive, default=1, metavar="N",
+                     help="queue the workflow N times (default 1)")
+    own.add_argument("--secret", type=secret_arg, action="append", default=[],
+                     metavar="NAME=VALUE",
+                     help="a secret of the queued jobs (repeatable; NAME alone takes the "
+                     "environment variable's value)")
     faults = parser.add_argument_group("faults (FetchTask unless named otherwise)")
-    faults.add_argument("--drop-after-assign", type=_probability, default=0.0, metavar="P")
-    faults.add_argument("--error-5xx", type=_probability, default=0.0, metavar="P")
-    faults.add_argument("--internal-error", type=_probability, default=0.0, metavar="P")
-    faults.add_argument("--reset-before-assign", type=_probability, default=0.0, metavar="P")
-    faults.add_argument("--delay", type=float, default=0.0, metavar="SECONDS")
+    faults.add_argument("--drop-after-assign", type=_probability, default=0.0, metavar="P",
+                        help="assign the tasks, then close the connection unanswered")
+    faults.add_argument("--error-5xx", type=_probability, default=0.0, metavar="P",
+                        help="answer 503 unavailable before assigning")
+    faults.add_argument("--internal-error", type=_probability, default=0.0, metavar="P",
+                        help="answer 500 internal before assigning")
+    faults.add_argument("--reset-before-assign", type=_probability, default=0.0, metavar="P",
+                        help="reset the TCP connection before assigning")
+    faults.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
+                        help="added to every answer, after the tasks are assigned")
     faults.add_argument(
         "--stall", type=_pair, action="append", default=[], metavar="START,END",
         help="seconds after start during which FetchTask never answers (repeatable)",
     )  # fmt: skip
-    faults.add_argument("--fail-update-log", type=_probability, default=0.0, metavar="P")
-    faults.add_argument("--fail-update-task", type=_probability, default=0.0, metavar="P")
+    faults.add_argument("--fail-update-log", type=_probability, default=0.0, metavar="P",
+                        help="UpdateLog answers 503")
+    faults.add_argument("--fail-update-task", type=_probability, default=0.0, metavar="P",
+                        help="UpdateTask answers 503")
     cfg = parser.add_argument_group("runner config")
-    cfg.add_argument("--write-config", type=Path, default=None, metavar="PATH")
-    cfg.add_argument("--capacity", type=int, default=4)
+    cfg.add_argument("--write-config", type=Path, default=None, metavar="PATH",
+                     help="write a runner config.toml pointing at every instance "
+                     "(tokens in 0600 files next to it)")
+    cfg.add_argument("--capacity", type=int, default=4, help="its [runner] capacity")
     cfg.add_argument("--state-dir", type=Path, default=None, help="default: next to the config")
-    cfg.add_argument("--fetch-interval", default="1s")
+    cfg.add_argument("--fetch-interval", default="1s", help="its fetch_interval (default 1s)")
     cfg.add_argument("--shutdown-timeout", default=None, help="default: the runner's (10m)")
     cfg.add_argument(
         "--metrics-listen", default="127.0.0.1:0", metavar="HOST:PORT",
@@ -104,7 +168,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write each instance's runner registration token to DIR/<instance>.token "
         "(0600), to try `forgejo-scheduler register` against the simulator",
     )
-    parser.add_argument("--summary-interval", type=float, default=5.0, metavar="SECONDS")
+    parser.add_argument("--summary-interval", type=float, default=5.0, metavar="SECONDS",
+                        help="print the ledger's one-line summary this often (default 5)")
 
 
 def build_simulator(args: argparse.Namespace) -> Simulator:
@@ -141,8 +206,46 @@ def _write_registration_tokens(sim: Simulator, directory: Path) -> None:
         print(f"  {name}: registration token in {path}", flush=True)
 
 
-async def _main(args: argparse.Namespace) -> None:
+def workflow_jobs(args: argparse.Namespace) -> list[JobPayload]:
+    """The jobs ``--workflow`` queues (checked before anything is served)."""
+    if args.workflow is None:
+        if args.instance is not None or args.secret or args.repeat != 1:
+            raise WorkflowFileError("--instance, --repeat and --secret go with --workflow FILE")
+        return []
+    if args.instance is not None and args.instance not in args.instances:
+        raise WorkflowFileError(
+            f"--instance {args.instance}: no such instance (--instances is "
+            f"{','.join(args.instances)})"
+        )
+    return read_workflow(args.workflow)
+
+
+def runner_labels(jobs: list[JobPayload]) -> list[str]:
+    """The written config's labels: ``sim:host`` and every literal runs-on of the jobs."""
+    labels = ["sim:host"]
+    for job in jobs:
+        labels += [f"{name}:host" for name in job.runs_on if f"{name}:host" not in labels]
+    return labels
+
+
+def queue_workflow(sim: Simulator, args: argparse.Namespace, jobs: list[JobPayload]) -> None:
+    if not jobs:
+        return
+    name = args.instance or next(iter(sim.instances))
+    inst = sim.instances[name]
+    for _ in range(args.repeat):
+        for job in jobs:
+            inst.add_job(runs_on=job.runs_on or inst.spec.runs_on, workflow=job.payload,
+                         secrets=dict(args.secret))
+    for job in jobs:
+        runs_on = ",".join(job.runs_on or inst.spec.runs_on)
+        print(f"queued {args.repeat} x job {job.id} of {args.workflow} on {name} "
+              f"(runs-on {runs_on}: taken by a runner with a label of that name)", flush=True)
+
+
+async def _main(args: argparse.Namespace, jobs: list[JobPayload]) -> None:
     sim = build_simulator(args)
+    queue_workflow(sim, args, jobs)
     host, port = args.listen
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -161,6 +264,7 @@ async def _main(args: argparse.Namespace) -> None:
                     shutdown_timeout=args.shutdown_timeout,
                     metrics_listen=args.metrics_listen,
                     advertise=_address(args.advertise),
+                    labels=runner_labels(jobs),
                 )
                 print(f"runner config written to {path}", flush=True)
             if args.registration_tokens is not None:
@@ -180,9 +284,14 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        jobs = workflow_jobs(args)
+    except WorkflowFileError as bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
     failed = False
     try:
-        trio.run(_main, args)
+        trio.run(_main, args, jobs)
     except* OSError as group:  # e.g. the port is taken
         for exc in group.exceptions:
             print(f"sim: {exc}", file=sys.stderr)

@@ -205,8 +205,10 @@ class SimInstance:
         workflow: str | None = None,
         secrets: Mapping[str, str] | None = None,
         vars: Mapping[str, str] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> int:
-        """Queue a waiting job; returns its id. ``workflow`` replaces the generated YAML."""
+        """Queue a waiting job; returns its id. ``workflow`` replaces the generated YAML;
+        ``context`` replaces keys of the task's simulated context (``event_name``...)."""
         job = SimJob(
             id=next(self._job_ids),
             runs_on=tuple(runs_on),
@@ -216,6 +218,7 @@ class SimInstance:
             vars=dict(vars or {}),
             handle=str(uuid.uuid4()),
             created_at=_now(),
+            context=dict(context or {}),
         )
         self.jobs[job.id] = job
         self._waiting[job.id] = job
@@ -479,6 +482,7 @@ class SimInstance:
             "gitea_default_actions_url": DEFAULT_ACTIONS_URL,
             "forgejo_default_actions_url": DEFAULT_ACTIONS_URL,
             "forgejo_server_version": "14.0.2" if self.forgejo14 else "15.0.0",
+            **job.context,
         }
 
     def task_message(self, task: SimTask) -> JSON:

@@ -239,10 +239,19 @@ class Ledger:
         )
 
     def summary(self) -> str:
-        """One line for humans (the ``sim`` command prints it periodically)."""
+        """One line for humans (the ``sim`` command prints it periodically, mid-run).
+
+        Mid-run, a task not finished yet is running (or on its way to the runner), not
+        lost: ``running`` counts those (``undelivered`` of them never reached the runner
+        yet, e.g. in a dropped answer), and ``lost`` only the tasks lost for good, the
+        ones the zombie reaper failed. ``statistics().lost`` is the verdict at the end of
+        a run, when a task still unfinished is lost too.
+        """
         t = self._total
+        undelivered = sum(1 for rec in self.tasks.values()
+                          if not rec.finished and rec.deliveries == 0)
         return (
             f"assigned={t.assigned} delivered={t.delivered} finished={t.finished} "
-            f"outstanding={t.outstanding} peak={t.peak_outstanding} lost={self.lost} "
-            f"zombie={t.zombie} duplicates={t.duplicate_executions}"
+            f"running={t.outstanding} undelivered={undelivered} peak={t.peak_outstanding} "
+            f"lost={t.zombie} duplicates={t.duplicate_executions}"
         )

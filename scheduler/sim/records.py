@@ -25,6 +25,8 @@ class SimJob:
     created_at: float
     task_id: int | None = None
     cancelled: bool = False
+    #: Keys of the task's ``context`` that replace the simulated ones (``event_name``...).
+    context: dict[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen
