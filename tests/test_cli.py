@@ -7,9 +7,12 @@ import signal
 import subprocess
 from pathlib import Path
 
+import attrs
 import httpx
 import trio
 
+from scheduler.connection import Phase
+from scheduler.demo import PHASES, describe_faults
 from scheduler.sim import FaultPlan, InstanceSpec
 from tests.support.daemon import CLI, ROOT
 from tests.support.harness import daemon_world
@@ -36,6 +39,26 @@ def test_demo_json_report() -> None:
         assert c["tasks_assigned"] == c["tasks_finished"]
     assert sum(c["tasks_finished"] for c in report["connections"].values()) > 0
     assert "t=" in proc.stderr  # progress went to stderr, not into the JSON
+    # Once at the start, on stderr too: each instance's faults, from its FaultPlan, and
+    # the legend of the progress line.
+    assert proc.stderr.count("simulated instances and the faults they inject") == 1
+    assert "alpha: weight 1, fetch_interval 1s" in proc.stderr
+    assert "loses 10% of FetchTask answers after assigning their tasks" in proc.stderr
+    assert "answers 5% of FetchTasks 503 unavailable" in proc.stderr
+    assert "never answers a FetchTask from t=1.4s to t=2s (stall)" in proc.stderr
+    assert proc.stderr.count("progress line: t=SECONDS slots IN-USE/CAPACITY") == 1
+    assert "unresolved: the last FetchTask's outcome is unknown" in proc.stderr
+
+
+def test_demo_fault_descriptions_and_legend_cover_everything() -> None:
+    every = FaultPlan(drop_after_assign=0.1, error_5xx=0.2, internal_error=0.3,
+                      reset_before_assign=0.4, delay=1.5, stall_windows=[(1, 2)],
+                      fail_update_log=0.5, fail_update_task=0.6)
+    lines = describe_faults(every)
+    assert len(lines) == len(attrs.fields(FaultPlan))  # a new fault kind needs its words
+    assert "answers every FetchTask 1.5s late" in lines
+    assert describe_faults(FaultPlan()) == ["no faults"]
+    assert set(PHASES) == set(Phase)
 
 
 def test_check_config_redacts_and_fails_clearly(tmp_path: Path) -> None:
