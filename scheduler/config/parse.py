@@ -503,7 +503,8 @@ class _Parser:
         dotted = f"{prefix}.envs"
         value = t.get("envs", {})
         if not isinstance(value, dict):
-            self.fail(dotted, f'expected a table like {{NAME = "value"}}, got {describe_value(value)}')
+            got = describe_value(value)
+            self.fail(dotted, f'expected a table like {{NAME = "value"}}, got {got}')
         out: dict[str, str] = {}
         for name, item in value.items():
             key = f"{dotted}.{_toml_key(name)}"
