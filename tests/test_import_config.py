@@ -225,7 +225,8 @@ def test_runner_envs_and_env_file_are_carried_with_forgejo_runners_precedence(
     # yaml.v3 puts scalars into Go strings as written; a name no shell takes is dropped.
     assert data["runner"]["envs"] == {"SHARED": "inline", "ONLY_ENVS": "3", "FLAG": "true"}
     assert data["runner"]["env_file"] == str(tmp_path / "jobs.env")  # relative to config.yml
-    assert any(d.startswith("runner.envs.bad-name: not a variable name") for d in done.source.dropped)
+    dropped = done.source.dropped
+    assert any(d.startswith("runner.envs.bad-name: not a variable name") for d in dropped)
     assert {"runner.envs", "runner.env_file"} <= set(done.carried)
     (conn,) = load_config(tmp_path / "config.toml", env={}).connections
     # forgejo-runner: the env file's values over envs (config.go maps.Copy).
