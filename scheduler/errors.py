@@ -18,7 +18,9 @@ server; the fetch loop keeps a request key exactly when it is true)::
     │   └── LedgerError           a caller broke the slot ledger's protocol (a bug)
     ├── ValueError
     │   ├── DecodeError           a wire message does not fit the runner.v1 schema
-    │   └── SecretFileError       a token file gave no token
+    │   ├── SecretFileError       a token file gave no token
+    │   └── EnvFileError          an env_file line is not NAME=value (config/envfile.py;
+    │                             the parser turns it into a ConfigError)
     ├── LogsLost                  the server acknowledged fewer log rows than it
     │                             had already acknowledged (the final log gives up)
     ├── ConfigError               the configuration is unusable
