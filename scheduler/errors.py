@@ -18,9 +18,7 @@ server; the fetch loop keeps a request key exactly when it is true)::
     │   └── LedgerError           a caller broke the slot ledger's protocol (a bug)
     ├── ValueError
     │   ├── DecodeError           a wire message does not fit the runner.v1 schema
-    │   ├── SecretFileError       a token file gave no token
-    │   └── EnvFileError          an env_file line is not NAME=value (config/envfile.py;
-    │                             the parser turns it into a ConfigError)
+    │   └── SecretFileError       a token file gave no token
     ├── LogsLost                  the server acknowledged fewer log rows than it
     │                             had already acknowledged (the final log gives up)
     ├── ConfigError               the configuration is unusable
@@ -38,6 +36,11 @@ that raises them and drawn here only to keep the map whole::
         ├── WorkflowError         executor/workflow.py    not a runnable one-job workflow
         ├── HashFilesError        executor/hashfiles.py   a bad ``hashFiles`` option
         └── ExpressionError       executor/expr/errors.py syntax or evaluation error
+
+And one in the configuration parser, which turns it into a ConfigError naming the key::
+
+    ValueError
+    └── EnvFileError              config/envfile.py       an env_file line is not NAME=value
 
 The simulator (``scheduler/sim/``) is the server's side of the wire and keeps its
 own errors. ``tests/test_errors.py`` fails when an exception class of the service
