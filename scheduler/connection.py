@@ -38,6 +38,7 @@ from scheduler import __version__
 from scheduler.config import ConnectionSettings, RunnerSettings
 from scheduler.errors import ConnectError, PoolClosed, RpcError
 from scheduler.executor import Executor
+from scheduler.executor.labels import plan_labels
 from scheduler.fetch import (
     BACKOFF_BASE,
     BACKOFF_CAP,
@@ -378,8 +379,10 @@ class ConnectionLoop:
 
     @property
     def label_names(self) -> tuple[str, ...]:
-        """Forgejo wants label names only: ``debian:docker://node`` → ``debian``."""
-        return tuple(label.split(":", 1)[0] for label in self.settings.labels)
+        """Forgejo wants label names only (``debian:host`` → ``debian``), and only of the
+        labels an executor here runs (scheduler.executor.labels; the others were named
+        in a warning at start and reload)."""
+        return plan_labels(self.settings.labels).names
 
     def _mark_up(self, up: bool, reason: str) -> None:
         if up != self.up:
@@ -411,6 +414,7 @@ class ConnectionLoop:
             outcome = await run_task(
                 self.client, task, self.executor,
                 report_interval=self.runner.report_interval, connection=self.name,
+                max_run_time=self.settings.job_timeout,
             )
             result = outcome.result.name.lower() if outcome.result.is_final else "unknown"
             self.m.tasks_finished[result].inc()

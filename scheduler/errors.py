@@ -37,6 +37,11 @@ that raises them and drawn here only to keep the map whole::
         ├── HashFilesError        executor/hashfiles.py   a bad ``hashFiles`` option
         └── ExpressionError       executor/expr/errors.py syntax or evaluation error
 
+And one in the configuration parser, which turns it into a ConfigError naming the key::
+
+    ValueError
+    └── EnvFileError              config/envfile.py       an env_file line is not NAME=value
+
 The simulator (``scheduler/sim/``) is the server's side of the wire and keeps its
 own errors. ``tests/test_errors.py`` fails when an exception class of the service
 is missing from these drawings.

@@ -2,8 +2,9 @@
 
 Live changes (no running task is disturbed): capacity, each connection's weight,
 min/max slots, fetch interval and labels, the report interval and shutdown
-timeout, added connections (they start) and removed connections (they drain:
-no new tasks, an unresolved key is still retried, running tasks finish).
+timeout, job_timeout and the job environment (for tasks started afterwards), added
+connections (they start) and removed connections (they drain: no new tasks, an
+unresolved key is still retried, running tasks finish).
 
 Not live, kept at their old values with a warning: the state directory, the
 metrics listen address, the fetch timeout, and a connection's URL, UUID, token,
@@ -18,7 +19,8 @@ import attrs
 from scheduler.config import Config, ConnectionSettings
 
 _IDENTITY = ("url", "uuid", "token", "ca_file", "insecure")
-_TUNABLE = ("weight", "min_slots", "max_slots", "fetch_interval", "labels")
+_TUNABLE = ("weight", "min_slots", "max_slots", "fetch_interval", "labels",
+            "job_timeout", "job_env")  # job settings: for the tasks started after it
 
 
 @attrs.frozen

@@ -100,7 +100,8 @@ class Service:
         self.config = config
         runner = config.runner
         self.executor = executor or HostExecutor(
-            Path(runner.state_dir) / "work", labels=self._labels_by_connection(config)
+            Path(runner.state_dir) / "work", labels=self._labels_by_connection(config),
+            job_env={c.name: c.job_env for c in config.connections},
         )
         self.client_factory = client_factory
         self.rng = random.Random(seed)
@@ -194,6 +195,11 @@ class Service:
         if isinstance(self.executor, HostExecutor):
             # Connections being removed keep theirs while their tasks finish.
             self.executor.labels = {**old_labels, **self._labels_by_connection(plan.config)}
+            self.executor.job_env = {
+                **self.executor.job_env, **{c.name: c.job_env for c in plan.config.connections}
+            }
+        for warning in config_warnings(plan.config):  # undeclared labels, token files...
+            log.warning("reload: %s", warning)
         for name in plan.removed:
             self._remove_connection(name)
         for c in plan.added:

@@ -881,6 +881,8 @@ def test_render_fills_defaults_redacts_tokens_and_parses_as_toml(tmp_path: Path)
         "shutdown_timeout": "10m",
         "state_dir": str(tmp_path / "state"),
         "labels": ["debian:host"],
+        "job_timeout": "3h",
+        "envs": {},
     }
     assert data["metrics"] == {"listen": "[::1]:0", "enabled": True}
     a = data["connections"]["a"]

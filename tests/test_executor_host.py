@@ -493,3 +493,40 @@ def test_parse_yaml12_and_on_key() -> None:
 def test_parse_rejects_nested_env() -> None:
     with pytest.raises(WorkflowError, match="must be a plain value"):
         parse_workflow(b"jobs:\n  j:\n    env: {A: [1]}\n    steps: []\n")
+
+
+async def test_configured_job_env_precedence(tmp_path: Path) -> None:
+    """``envs``/``env_file`` (per connection) as forgejo-runner layers them: over the
+    service's environment and the workflow's and job's ``env:``, under the runner's own
+    variables, under a step's ``env:`` and ``GITHUB_ENV``; taken literally."""
+    payload = workflow(
+        """
+        - run: |
+            echo "wf=$WF job=$JOB plain=$PLAIN path=$PATH home=$HOME"
+            echo "server=$GITHUB_SERVER_URL literal=$LITERAL"
+            echo "STEP_SET=github-env" >> "$GITHUB_ENV"
+        - run: echo "step=$STEP step_set=$STEP_SET"
+          env:
+            STEP: from-step
+        """,
+        job_extra="env:\n  JOB: from-job\n",
+        top="env:\n  WF: from-workflow\n",
+    )
+    configured = {
+        "WF": "configured", "JOB": "configured", "PLAIN": "configured",
+        "PATH": "/opt/x:/usr/bin:/bin",
+        "GITHUB_SERVER_URL": "http://configured", "LITERAL": "${{ github.sha }}",
+        "STEP": "configured", "STEP_SET": "configured",
+    }
+    task = make_task(payload, context={"server_url": "https://forgejo.example"})
+    task_log = TaskLog(task, connection="test")
+    executor = HostExecutor(tmp_path / "work", job_env={"test": configured, "other": {"X": "1"}})
+    assert await executor.execute(task, task_log) is Result.SUCCESS, rows(task_log)
+    out = rows(task_log)
+    home = os.environ.get("HOME", "")
+    assert ("wf=configured job=configured plain=configured path=/opt/x:/usr/bin:/bin "
+            f"home={home}") in out
+    assert "server=https://forgejo.example literal=${{ github.sha }}" in out
+    assert "step=from-step step_set=github-env" in out
+    # Another connection's variables do not leak in, and none at all is the default.
+    assert executor.env_for("nobody") == {}

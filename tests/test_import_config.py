@@ -65,7 +65,7 @@ def test_cli_imports_config_and_runner_file(tmp_path: Path) -> None:
     assert keys == ["log.level", "log.job_level", "cache.enabled", "cache.port", "cache.secret",
                     "cache.proxy_port", "container.enable_ipv6", "container.privileged",
                     "container.docker_host", "container.force_pull", "container.force_rebuild",
-                    "runner.envs", "runner.env_file", "runner.timeout"]
+                    "runner.env_file"]  # .env is not there: forgejo-runner skips it too
     assert "cache.dir" in proc.stdout  # listed among the empty ones
 
     config = load_config(out, env={})
@@ -75,7 +75,12 @@ def test_cli_imports_config_and_runner_file(tmp_path: Path) -> None:
     assert conn.name == "build-host-1" and conn.url == "https://forgejo.example.org"
     assert conn.uuid == "c9e50be9-a7c3-4aee-ba35-624c4ff8c519" and conn.token == RUNNER_TOKEN
     assert conn.labels == ("debian:host", "bookworm:host")  # runner.labels is empty
-    assert "#   runner.timeout: no per-job timeout" in text  # the report is in the file too
+    assert "#   runner.env_file: " in text  # the report is in the file too
+    # runner.timeout and runner.envs are carried (issue 14).
+    assert config.runner.job_timeout == 3 * 3600 and conn.job_timeout == 3 * 3600
+    assert config.runner.envs == {"A_TEST_ENV_NAME_1": "a_test_env_value_1"}
+    assert conn.job_env == {"A_TEST_ENV_NAME_1": "a_test_env_value_1"}
+    assert "runner.timeout (as job_timeout)" in proc.stdout and "runner.envs" in proc.stdout
 
     check = cli("check-config", "--config", str(out))
     assert check.returncode == 0 and check.stderr == "", check.stderr
@@ -186,6 +191,89 @@ def test_credentials_directory_is_expanded_when_set(
     import_config(path, None, tmp_path / "config.toml")
     data = tomllib.loads((tmp_path / "config.toml").read_text())
     assert data["connections"]["one"]["token_file"] == str(creds / "t")
+
+
+# --- job settings and labels (issue 14) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("timeout", "expected", "note"),
+    [("90m", 5400.0, None), ("0s", 3 * 3600.0, "means 3h in forgejo-runner"),
+     ("-5m", 3 * 3600.0, "means 3h in forgejo-runner")],
+)
+def test_runner_timeout_becomes_job_timeout(
+    tmp_path: Path, timeout: str, expected: float, note: str | None
+) -> None:
+    path = write_yml(tmp_path, GOOD, f"timeout: {timeout}")
+    done = import_config(path, None, tmp_path / "config.toml")
+    config = load_config(tmp_path / "config.toml", env={})
+    assert config.runner.job_timeout == expected == config.connections[0].job_timeout
+    assert ("runner.timeout (as job_timeout)" in done.carried) is (note is None)
+    assert note is None or any(note in n for n in done.source.notes)
+    assert not any("timeout" in d for d in done.source.dropped)
+
+
+def test_runner_envs_and_env_file_are_carried_with_forgejo_runners_precedence(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "jobs.env").write_text("# from the file\nSHARED=file\nexport ONLY_FILE='x y'\n")
+    runner = ("envs:\n    SHARED: inline\n    ONLY_ENVS: 3\n    FLAG: true\n"
+              "    bad-name: x\n  env_file: jobs.env")
+    path = write_yml(tmp_path, GOOD, runner)
+    done = import_config(path, None, tmp_path / "config.toml")
+    data = tomllib.loads((tmp_path / "config.toml").read_text())
+    # yaml.v3 puts scalars into Go strings as written; a name no shell takes is dropped.
+    assert data["runner"]["envs"] == {"SHARED": "inline", "ONLY_ENVS": "3", "FLAG": "true"}
+    assert data["runner"]["env_file"] == str(tmp_path / "jobs.env")  # relative to config.yml
+    dropped = done.source.dropped
+    assert any(d.startswith("runner.envs.bad-name: not a variable name") for d in dropped)
+    assert {"runner.envs", "runner.env_file"} <= set(done.carried)
+    (conn,) = load_config(tmp_path / "config.toml", env={}).connections
+    # forgejo-runner: the env file's values over envs (config.go maps.Copy).
+    assert conn.job_env == {"SHARED": "file", "ONLY_ENVS": "3", "FLAG": "true", "ONLY_FILE": "x y"}
+
+
+def test_output_directory_is_created_0700(tmp_path: Path) -> None:
+    config_yml = fixture(tmp_path, "config.yml", ".runner")
+    out = tmp_path / "etc" / "forgejo-scheduler" / "config.toml"
+    proc = cli("import-config", str(config_yml), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    for directory in (tmp_path / "etc", out.parent):
+        assert mode(directory) == 0o700
+        assert f"created directory {directory} (mode 0700)" in proc.stdout
+    assert load_config(out, env={}).connections[0].name == "build-host-1"
+
+
+def test_a_refused_import_creates_no_directory(tmp_path: Path) -> None:
+    # The directory is only created once everything was checked.
+    bad = write_yml(tmp_path, GOOD, "capacity: 5000")
+    with pytest.raises(OnboardError, match="nothing was written"):
+        import_config(bad, None, tmp_path / "deep" / "er" / "config.toml")
+    assert not (tmp_path / "deep").exists()
+
+
+def test_labels_that_cannot_run_are_kept_but_reported(tmp_path: Path) -> None:
+    connection = GOOD + "      labels: [ubuntu-latest:docker://node:20, debian:host, big]\n"
+    path = write_yml(tmp_path, connection)
+    proc = cli("import-config", str(path), "--output", str(tmp_path / "config.toml"))
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [x for x in proc.stdout.splitlines() if "not declared to Forgejo" in x]
+    assert line.startswith("labels kept in the file but not declared to Forgejo: "
+                           "connections.one: ubuntu-latest:docker://node:20 (docker: needs a "
+                           "container executor")
+    assert "big (no scheme, which means docker: needs a container executor" in line
+    (conn,) = load_config(tmp_path / "config.toml", env={}).connections
+    assert conn.labels == ("ubuntu-latest:docker://node:20", "debian:host", "big")
+
+
+def test_a_connection_with_only_container_labels_is_refused(tmp_path: Path) -> None:
+    path = write_yml(tmp_path, GOOD + "      labels: [ubuntu-latest:docker://node:20]\n")
+    with pytest.raises(OnboardError) as err:
+        import_config(path, None, tmp_path / "config.toml")
+    message = str(err.value)
+    assert "connections.one.labels: no label of connection one can run here" in message
+    assert "ubuntu-latest:docker://node:20 (docker: needs a container executor" in message
+    assert "nothing was written" in message and not (tmp_path / "config.toml").exists()
 
 
 def test_go_durations() -> None:

@@ -241,3 +241,77 @@ async def test_cli_register_then_check_config(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stderr.decode()
     assert b"[connections.sim]" in check.stdout and runner.token.encode() not in check.stdout
     assert check.stderr == b""  # no warning: the token file is private
+
+
+# --- issue 14: a shared state_dir, labels that cannot run ---------------------------------
+
+
+def shared_config(tmp_path: Path, name: str) -> Path:
+    """A config in its own directory whose state_dir is the one shared ``tmp_path/state``."""
+    config = tmp_path / name / "config.toml"
+    config.parent.mkdir()
+    config.write_text(f'[runner]\ncapacity = 1\nstate_dir = "{tmp_path / "state"}"\n')
+    return config
+
+
+async def test_register_refuses_another_configs_token_file_in_a_shared_state_dir(
+    tmp_path: Path,
+) -> None:
+    first, second = shared_config(tmp_path, "one"), shared_config(tmp_path, "two")
+    token_file = tmp_path / "state" / "tokens" / "sim.token"
+    async with running_sim("a") as sim:
+        done = await register(args(sim, tmp_path, first))
+        assert done.token_file == token_file
+        before = token_file.read_text()
+        second_before = second.read_text()
+        for force in (False, True):  # --force does not make another config's file ours
+            with pytest.raises(OnboardError) as err:
+                await register(args(sim, tmp_path, second, force=force))
+            message = str(err.value)
+            assert f"token file {token_file} already exists" in message
+            assert f"[connections.sim] in {second}" in message
+            assert "nothing was registered" in message
+        assert sim.instances["a"].rpc_counts.get("Register") == 1  # nothing was sent
+        assert token_file.read_text() == before and second.read_text() == second_before
+        # Under another name it works, beside the first one's file.
+        other = await register(args(sim, tmp_path, second, connection="sim2"))
+        assert other.token_file == tmp_path / "state" / "tokens" / "sim2.token"
+        # The first config re-registering its own connection may replace its own file.
+        again = await register(args(sim, tmp_path, first, force=True))
+    assert again.replaced == done.uuid
+    assert token_file.read_text().strip() == sim.instances["a"].runners[again.uuid].token
+
+
+async def test_register_declares_only_labels_that_can_run(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    async with running_sim("a") as sim:
+        labels = ("sim:host", "ubuntu-latest:docker://node:20")
+        done = await register(args(sim, tmp_path, config, labels=labels))
+        assert sim.instances["a"].runners[done.uuid].labels == ["sim"]
+        with pytest.raises(OnboardError) as err:
+            await register(args(sim, tmp_path, config, connection="d",
+                                labels=("ubuntu-latest:docker://node:20",)))
+    assert "connections.d.labels: no label of connection d can run here" in str(err.value)
+    assert "(nothing was registered)" in str(err.value)
+    # Kept in the file, for when a container executor exists.
+    assert load_config(config, env={}).connections[0].labels == labels
+
+
+def test_register_cli_says_which_labels_are_not_declared(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+
+    async def main() -> tuple[str, int]:
+        async with running_sim("a") as sim:
+            token = registration_token(sim, tmp_path)
+            proc = await trio.run_process(
+                [*CLI, "register", "--config", str(config), "--connection", "sim",
+                 "--url", sim.base_url("a"), "--token-file", str(token),
+                 "--labels", "sim:host,big:docker://node:20"],
+                cwd=ROOT, capture_stdout=True, capture_stderr=True, check=False,
+            )
+            return proc.stdout.decode() + proc.stderr.decode(), proc.returncode
+
+    out, code = trio.run(main)
+    assert code == 0, out
+    assert ("declared to Forgejo: sim; kept in the config but not declared: "
+            "big:docker://node:20 (docker: needs a container executor") in out

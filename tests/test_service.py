@@ -252,17 +252,26 @@ async def test_drain_keeps_retrying_an_unresolved_key(
     assert snap.results == {"RESULT_SUCCESS": 1}
 
 
-async def test_container_labels_are_refused_clearly_by_the_default_executor(
+async def test_container_labels_are_not_declared_so_their_jobs_are_not_taken(
     tmp_path: Path,
 ) -> None:
-    # Real time, real HostExecutor (the one `run` uses), labels per connection.
+    # Real time, real HostExecutor (the one `run` uses), labels per connection. Before
+    # issue 14 the docker label was declared and its job taken and failed ("needs a
+    # container executor", still the host executor's answer: test_executor_host); now
+    # it is not declared, so Forgejo keeps the job for a runner that can run it.
     async with world(tmp_path, ["a"], seed=1, capacity=1, fetch_interval=0.1,
-                     labels=("sim:docker://node:20",), executor=DEFAULT_EXECUTOR,
+                     labels=("sim:host", "big:docker://node:20"), executor=DEFAULT_EXECUTOR,
                      service_seed=1) as (sim, service, _):
-        sim.instances["a"].add_job(duration=0.1)
+        inst = sim.instances["a"]
+        docker_job = inst.add_job(runs_on=("big",), duration=0.1)
+        host_job = inst.add_job(runs_on=("sim",), duration=0.1)
         await wait_for(lambda: sim.ledger.statistics().finished == 1, within=30)
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped", within=30)
-    (task,) = sim.instances["a"].tasks.values()
-    assert task.result.name == "FAILURE"
-    assert any("container executor" in line for line in task.log_lines)
+    assert inst.runner.labels == ["sim"]
+    assert inst.task_for_job(docker_job) is None
+    assert [job.id for job in inst.waiting_jobs] == [docker_job]
+    task = inst.task_for_job(host_job)
+    assert task is not None and task.result.name == "SUCCESS"
+
+

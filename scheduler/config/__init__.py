@@ -18,10 +18,12 @@ Layout (``config.toml`` in the repository root is the commented example, and
 ``docs/configuration.md`` the reference)::
 
     [runner]                 capacity, fetch_interval, fetch_timeout, report_interval,
-                             shutdown_timeout, state_dir, labels
+                             shutdown_timeout, state_dir, labels,
+                             job_timeout, envs, env_file
     [metrics]                listen, enabled
     [connections.<name>]     url, uuid, token_file | token_env | token, labels, weight,
-                             min_slots, max_slots, fetch_interval, ca_file, insecure
+                             min_slots, max_slots, fetch_interval, ca_file, insecure,
+                             job_timeout, envs, env_file
 """
 
 from scheduler.config.checks import ca_file_problem, config_warnings, token_file_warning

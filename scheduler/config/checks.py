@@ -9,6 +9,7 @@ import urllib.parse
 from pathlib import Path
 
 from scheduler.config.values import Config
+from scheduler.executor.labels import plan_labels
 
 
 def token_file_warning(path: Path) -> str | None:
@@ -45,10 +46,13 @@ def ca_file_problem(path: Path) -> str | None:
 
 def config_warnings(config: Config) -> list[str]:
     """Things that are allowed but deserve a log line at start-up (and in check-config):
-    token files others can read, a ca_file that does not load, and connections that skip
-    TLS verification."""
+    token files others can read, a ca_file that does not load, connections that skip
+    TLS verification, and labels that are not declared because nothing here runs them."""
     out: list[str] = []
     for c in config.connections:
+        warning = dropped_labels_warning(c.name, c.labels)
+        if warning:
+            out.append(warning)
         if c.token_source.startswith("file:"):
             warning = token_file_warning(Path(c.token_source.removeprefix("file:")))
             if warning:
@@ -72,6 +76,17 @@ def config_warnings(config: Config) -> list[str]:
                 "task's secrets cross the network unencrypted (use https://)"
             )
     return out
+
+
+def dropped_labels_warning(connection: str, labels: tuple[str, ...]) -> str | None:
+    """One line naming the labels of ``connection`` that are not declared, or None."""
+    plan = plan_labels(labels)
+    if not plan.dropped:
+        return None
+    return (
+        f"connections.{connection}: labels not declared to Forgejo (kept in the file): "
+        f"{plan.describe_dropped()}; declared: {', '.join(plan.names)}"
+    )
 
 
 def _is_loopback(host: str) -> bool:

@@ -15,10 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
+from scheduler.config.envfile import EnvFileError, parse_env_text
 from scheduler.config.render import _toml_key
 from scheduler.config.values import Config, ConnectionSettings, MetricsSettings, RunnerSettings
 from scheduler.durations import describe_value, parse_duration
 from scheduler.errors import ConfigError, SecretFileError
+from scheduler.executor.labels import label_problem, plan_labels
 from scheduler.secretfile import read_secret_file
 
 _TOP_KEYS = ("runner", "metrics", "connections")
@@ -30,6 +32,7 @@ _RUNNER_KEYS = (
     "shutdown_timeout",
     "state_dir",
     "labels",
+    *("job_timeout", "envs", "env_file"),  # job settings (issue 14)
 )
 _METRICS_KEYS = ("listen", "enabled")
 _TOKEN_KEYS = ("token_file", "token_env", "token")
@@ -44,6 +47,7 @@ _CONNECTION_KEYS = (
     "fetch_interval",
     "ca_file",
     "insecure",
+    *("job_timeout", "envs", "env_file"),  # job settings (issue 14)
 )
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "[runner]": _RUNNER_KEYS,
@@ -129,6 +133,7 @@ class _Parser:
         self.env = env
         base = source.parent if source.name != "<memory>" else Path(".")
         self.base_dir = Path(os.path.abspath(base))
+        self.runner_env: dict[str, str] = {}
 
     # -- errors -------------------------------------------------------------------------
 
@@ -147,12 +152,11 @@ class _Parser:
             dotted = f"{prefix}.{shown}" if prefix else shown
             hint = ""
             close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-            if close:
+            homes = [sec for sec, keys in _SECTIONS.items() if key in keys]
+            if homes:  # a real key in the wrong table beats a look-alike in this one
+                hint = f" ({key!r} belongs in {' or '.join(homes)})"
+            elif close:
                 hint = f" (did you mean {close[0]!r}?)"
-            else:
-                homes = [sec for sec, keys in _SECTIONS.items() if key in keys]
-                if homes:
-                    hint = f" ({key!r} belongs in {' or '.join(homes)})"
             where = f"in [{prefix}]" if prefix else "at the top level"
             valid = ", ".join(allowed)
             self.fail(dotted, f"unknown key {where}{hint}; valid keys: {valid}")
@@ -267,6 +271,9 @@ class _Parser:
                     f"{dotted}[{i}]",
                     f"expected a label without spaces or commas, got {describe_value(item)}",
                 )
+            problem = label_problem(label)
+            if problem is not None:
+                self.fail(f"{dotted}[{i}]", problem)
             # A job's runs-on matches the name before the first ":"; two labels with
             # the same name would make the schema/image it runs with ambiguous.
             name = label.split(":", 1)[0]
@@ -290,6 +297,7 @@ class _Parser:
         if "runner" not in data:
             self.fail("runner", "missing table [runner] (it needs at least capacity = N)")
         runner = self.runner(self.table(data, "runner", "runner"))
+        self.runner_env = self.env_layer(runner.envs, runner.env_file, "runner")
         metrics = self.metrics(self.table(data, "metrics", "metrics"))
         conns = self.table(data, "connections", "connections")
         if not conns:
@@ -347,6 +355,9 @@ class _Parser:
             shutdown_timeout=duration("shutdown_timeout", allow_zero=True),
             state_dir=state_dir,
             labels=self.labels(t, "labels", "runner.labels") or (),
+            job_timeout=duration("job_timeout"),
+            envs=self.envs(t, "runner"),
+            env_file=self.env_file_path(t, "runner"),
         )
 
     def metrics(self, t: Mapping[str, Any]) -> MetricsSettings:
@@ -400,6 +411,15 @@ class _Parser:
                 f"{prefix}.labels",
                 "no labels: set labels here or runner.labels "
                 "(a runner without labels is offered no jobs)",
+            )
+        plan = plan_labels(labels)
+        if not plan.declared:
+            where = f"{prefix}.labels" if "labels" in t else "runner.labels"
+            self.fail(
+                where,
+                f"no label of connection {name} can run here, so it would declare none "
+                f"and be offered no jobs: {plan.describe_dropped()}; add a host label "
+                'such as "debian:host"',
             )
 
         cap = runner.capacity
@@ -460,7 +480,74 @@ class _Parser:
             ),
             "ca_file": ca_file,
             "insecure": insecure,
+            **self.job_settings(t, prefix, runner),
         }
+
+    # -- job settings (issue 14) ----------------------------------------------------------
+
+    def job_settings(
+        self, t: Mapping[str, Any], prefix: str, runner: RunnerSettings
+    ) -> dict[str, Any]:
+        """A connection's job_timeout, envs, env_file and the job_env they make."""
+        envs = self.envs(t, prefix)
+        env_file = self.env_file_path(t, prefix)
+        job_env = {**self.runner_env, **self.env_layer(envs, env_file, prefix)}
+        timeout = self.duration(
+            t, "job_timeout", f"{prefix}.job_timeout", default=runner.job_timeout,
+            allow_zero=False,
+        )
+        return {"job_timeout": timeout, "envs": envs, "env_file": env_file, "job_env": job_env}
+
+    def envs(self, t: Mapping[str, Any], prefix: str) -> dict[str, str]:
+        """``envs = {NAME = "value"}``: names as in a shell, values strings."""
+        dotted = f"{prefix}.envs"
+        value = t.get("envs", {})
+        if not isinstance(value, dict):
+            got = describe_value(value)
+            self.fail(dotted, f'expected a table like {{NAME = "value"}}, got {got}')
+        out: dict[str, str] = {}
+        for name, item in value.items():
+            key = f"{dotted}.{_toml_key(name)}"
+            if not _ENV_NAME_RE.fullmatch(name):
+                self.fail(key, "expected a variable name of letters, digits and _ "
+                          "(not starting with a digit)")
+            if not isinstance(item, str):
+                self.fail(key, f"expected a string value, got {_type_only(item)}")
+            if "\x00" in item:
+                self.fail(key, "expected a value without NUL characters")
+            out[name] = item
+        return out
+
+    def env_file_path(self, t: Mapping[str, Any], prefix: str) -> Path | None:
+        if "env_file" not in t:
+            return None
+        return self.path(self.text(t, "env_file", f"{prefix}.env_file"))
+
+    def env_layer(
+        self, envs: Mapping[str, str], env_file: Path | None, prefix: str
+    ) -> dict[str, str]:
+        """One level's variables: ``envs``, then the file's over them (forgejo-runner's
+        order, config.go: ``maps.Copy(Runner.Envs, <env file>)``). The file is read now:
+        a missing or unreadable one is an error (forgejo-runner skips a missing one)."""
+        out = dict(envs)
+        if env_file is None:
+            return out
+        dotted = f"{prefix}.env_file"
+        try:
+            raw = env_file.read_bytes()
+        except FileNotFoundError:
+            self.fail(dotted, f"expected a dotenv file, but {env_file} does not exist")
+        except IsADirectoryError:
+            self.fail(dotted, f"expected a dotenv file, but {env_file} is a directory")
+        except OSError as exc:
+            self.fail(dotted, f"cannot read {env_file}: {exc.strerror or exc}")
+        try:
+            out.update(parse_env_text(raw.decode("utf-8"), self.env))
+        except UnicodeDecodeError as exc:
+            self.fail(dotted, f"{env_file} is not UTF-8 text (byte {exc.start})")
+        except EnvFileError as exc:
+            self.fail(dotted, f"{env_file}: {exc}")
+        return out
 
     def url(self, t: Mapping[str, Any], dotted: str) -> str:
         expected = 'an http:// or https:// URL with a host, like "https://forgejo.example"'

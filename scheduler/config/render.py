@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from scheduler.config.values import Config, MetricsSettings
 from scheduler.durations import format_duration
+from scheduler.executor.labels import plan_labels
 
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -64,6 +66,7 @@ def render_config(config: Config) -> str:
         f"shutdown_timeout = {_toml_str(format_duration(r.shutdown_timeout))}",
         f"state_dir = {_toml_str(str(r.state_dir))}",
         f"labels = {_toml_array(r.labels)}",
+        *_job_lines(r.job_timeout, r.envs, r.env_file),
         "",
         "[metrics]",
         f"listen = {_toml_str(_listen(m))}",
@@ -77,6 +80,7 @@ def render_config(config: Config) -> str:
             f"uuid = {_toml_str(c.uuid)}",
             f"token = {_toml_str(f'<redacted> (from {c.token_source})')}",
             f"labels = {_toml_array(c.labels)}",
+            *_label_lines(c.labels),
             f"weight = {c.weight!r}",
             f"min_slots = {c.min_slots}",
             f"max_slots = {c.max_slots}",
@@ -87,5 +91,25 @@ def render_config(config: Config) -> str:
                 else "# ca_file: not set (system trust store)"
             ),
             f"insecure = {'true' if c.insecure else 'false'}",
+            *_job_lines(c.job_timeout, c.envs, c.env_file),
+            f"# job environment from envs/env_file: {', '.join(sorted(c.job_env)) or 'none'}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _label_lines(labels: Iterable[str]) -> list[str]:
+    """What Forgejo is told, and what is not declared and why (scheduler.executor.labels)."""
+    plan = plan_labels(labels)
+    out = [f"# declared to Forgejo: {', '.join(plan.names) or 'nothing'}"]
+    out += [f"# not declared: {label.text}: {why}" for label, why in plan.dropped]
+    return out
+
+
+def _job_lines(job_timeout: float, envs: Mapping[str, str], env_file: Path | None) -> list[str]:
+    """job_timeout, envs as written, env_file (its values are not shown: they may be secret)."""
+    table = ", ".join(f"{_toml_key(k)} = {_toml_str(v)}" for k, v in envs.items())
+    return [
+        f"job_timeout = {_toml_str(format_duration(job_timeout))}",
+        f"envs = {{{table}}}",
+        f"env_file = {_toml_str(str(env_file))}" if env_file else "# env_file: not set",
+    ]

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
 
 # ---------------------------------------------------------------------------------------
 # The values
+
+#: forgejo-runner's ``runner.timeout`` default: a job running longer is cancelled.
+DEFAULT_JOB_TIMEOUT = 3 * 3600.0
 
 
 @attrs.frozen
@@ -41,6 +45,12 @@ class RunnerSettings:
     state_dir: Path
     #: Labels for connections that do not set their own.
     labels: tuple[str, ...] = ()
+    # -- job settings (issue 14) --
+    #: A job running longer is cancelled (forgejo-runner's ``runner.timeout``, 3 h).
+    job_timeout: float = DEFAULT_JOB_TIMEOUT
+    #: Extra job environment as written (``envs``) and the file read at load (``env_file``).
+    envs: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    env_file: Path | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -72,6 +82,14 @@ class ConnectionSettings:
     fetch_interval: float
     ca_file: Path | None = None
     insecure: bool = False
+    # -- job settings (issue 14) --
+    #: This connection's, else runner.job_timeout.
+    job_timeout: float = DEFAULT_JOB_TIMEOUT
+    #: Its own ``envs``/``env_file`` as written (None: not set).
+    envs: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    env_file: Path | None = None
+    #: What its jobs get: runner envs < runner env_file < own envs < own env_file.
+    job_env: Mapping[str, str] = attrs.field(factory=dict, hash=False)
 
     @property
     def share(self) -> Share:

@@ -39,6 +39,7 @@ from scheduler.executor.contexts import (
     runner_env,
 )
 from scheduler.executor.job import JobRunner, setup_env
+from scheduler.executor.labels import Label, parse_label, why_not_runnable
 from scheduler.executor.process import CommandResult, kill_group, run_command
 from scheduler.executor.state import JobRun, Paths, Scope
 from scheduler.executor.steps import CONTAINER_NEEDED
@@ -54,14 +55,13 @@ Labels = Sequence[str] | Mapping[str, Sequence[str]]
 def pick_label(runs_on: Sequence[str], labels: Sequence[str]) -> tuple[str, str] | None:
     """The first label named in ``runs_on`` (forgejo-runner ``PickPlatform``): its text
     and scheme (``docker`` when omitted, as there). None when no label matches."""
-    by_name: dict[str, tuple[str, str]] = {}
-    for label in labels:
-        parts = label.split(":", 2)
-        scheme = parts[1] if len(parts) > 1 and parts[1] else "docker"
-        by_name.setdefault(parts[0], (label, scheme))
+    by_name: dict[str, Label] = {}
+    for text in labels:
+        label = parse_label(text)
+        by_name.setdefault(label.name, label)
     for name in runs_on:
         if name in by_name:
-            return by_name[name]
+            return by_name[name].text, by_name[name].scheme
     return None
 
 
@@ -71,7 +71,8 @@ class HostExecutor:
 
     ``labels``: the runner's labels (or, per connection name, each connection's), to
     refuse tasks whose ``runs-on`` picks a ``docker``/``lxc`` label; None runs every
-    task here.
+    task here. ``job_env``: per connection name, the variables of the config's
+    ``envs``/``env_file`` that every job of that connection gets.
     """
 
     work_root: Path
@@ -82,6 +83,7 @@ class HostExecutor:
     action_cache: Path | None = None
     tool_cache: Path | None = None
     labels: Labels | None = None
+    job_env: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
     _cache: ActionCache | None = attrs.field(default=None, init=False)
 
     @property
@@ -148,7 +150,10 @@ class HostExecutor:
         scope = Scope(run, env=host_env(), secrets=dict(task.secrets))
         runner_ = JobRunner(run, scope, post_timeout=self.post_timeout)
         try:
-            setup_env(scope, runner_env(task, runner))
+            # forgejo-runner's order (run/runner.go NewRunner): the configured envs,
+            # then its own variables over them; the whole map wins over workflow and
+            # job ``env:`` (setup_env), and step ``env:`` wins over it.
+            setup_env(scope, {**self.env_for(log.connection), **runner_env(task, runner)})
             run.runs_on = [scope.evaluator().interpolate(name) for name in job.runs_on]
         except ExprFailure as exc:
             log.log(f"Error: {exc}")
@@ -168,6 +173,10 @@ class HostExecutor:
             log.log(f"🧪 Matrix: {shown}")
         return await runner_.execute()
 
+    def env_for(self, connection: str) -> Mapping[str, str]:
+        """The configured job environment of ``connection`` (``{}`` when none)."""
+        return self.job_env.get(connection, {})
+
     def _label_problem(self, runs_on: Sequence[str], connection: str) -> str | None:
         labels = self.labels
         if isinstance(labels, Mapping):
@@ -180,8 +189,8 @@ class HostExecutor:
                 f"runs-on {list(runs_on)} matches none of this runner's labels; forgejo-runner "
                 f"would use a docker image, which {CONTAINER_NEEDED}"
             )
-        label, scheme = picked
-        if scheme != "host":
+        label, _ = picked
+        if why_not_runnable(parse_label(label)) is not None:
             return f"runs-on picks the label {label!r}, which {CONTAINER_NEEDED}"
         return None
 

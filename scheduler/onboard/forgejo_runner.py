@@ -44,9 +44,6 @@ _SECTION_REASONS = {
     "pluginsv2": "forgejo-scheduler has no backend plugins",
 }
 _RUNNER_REASONS = {
-    "envs": "no runner-wide extra job environment in forgejo-scheduler",
-    "env_file": "no runner-wide extra job environment in forgejo-scheduler",
-    "timeout": "no per-job timeout in forgejo-scheduler (Forgejo's own job timeout applies)",
     "report_retry": "no setting: final log uploads are retried until acknowledged",
 }
 _RUNNER_MAPPED = (
@@ -58,6 +55,7 @@ _RUNNER_MAPPED = (
     "fetch_interval",
     "report_interval",
     "labels",
+    *("timeout", "envs", "env_file"),  # to job_timeout, envs, env_file
 )
 _CONNECTION_KEYS = ("url", "uuid", "token", "token_url", "labels", "fetch_interval")
 
@@ -201,7 +199,9 @@ def read_source(
                 value,
                 _RUNNER_REASONS.get(key, "unknown to forgejo-runner (it ignores it)"),
             )
+    base = config_yml.parent if config_yml is not None else Path(".")
     runner, insecure = _runner_settings(runner_yml, where, notes)
+    runner.update(_job_settings(runner_yml, where, base, dropped, notes))
 
     server = data.get("server") or {}
     if not isinstance(server, dict):
@@ -212,7 +212,6 @@ def read_source(
     conns_yml = server.get("connections") or {}
     if not isinstance(conns_yml, dict):
         raise OnboardError(f"{where}: server.connections: expected a mapping of name: settings")
-    base = config_yml.parent if config_yml is not None else Path(".")
     connections = [
         _yaml_connection(str(name), value, where, base, dropped)
         for name, value in conns_yml.items()
@@ -307,6 +306,67 @@ def _runner_settings(
     if not isinstance(insecure, bool):
         raise OnboardError(f"{where}: runner.insecure: expected true or false")
     return out, insecure
+
+
+def _job_settings(
+    t: Mapping[str, Any], where: str, base: Path, dropped: list[str], notes: list[str]
+) -> dict[str, Any]:
+    """``runner.timeout``, ``runner.envs`` and ``runner.env_file`` as forgejo-runner reads
+    them (config.go: a timeout of 0 or less means 3h; envs, then the env file over them;
+    a missing env file is skipped with a warning there)."""
+    out: dict[str, Any] = {}
+    if not _is_empty(t.get("timeout")):
+        seconds = go_duration(t["timeout"], f"{where}: runner.timeout")
+        if seconds > 0:
+            out["job_timeout"] = _duration_text(seconds)
+        else:
+            notes.append(
+                f"runner.timeout {t['timeout']!r} means 3h in forgejo-runner: job_timeout "
+                'left at its default "3h"'
+            )
+    envs = t.get("envs")
+    if not _is_empty(envs):
+        if not isinstance(envs, dict):
+            raise OnboardError(f"{where}: runner.envs: expected a mapping of NAME: value")
+        carried: dict[str, str] = {}
+        for name, value in envs.items():
+            if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
+                dropped.append(
+                    f"runner.envs.{name}: not a variable name here (letters, digits, _)"
+                )
+            elif isinstance(value, dict | list):
+                raise OnboardError(f"{where}: runner.envs.{name}: expected a string")
+            else:
+                carried[name] = _go_string(value)
+        if carried:
+            out["envs"] = carried
+    raw = t.get("env_file")
+    if not _is_empty(raw):
+        if not isinstance(raw, str):
+            raise OnboardError(f"{where}: runner.env_file: expected a path")
+        # forgejo-runner opens it relative to its working directory: here, config.yml's.
+        path = Path(os.path.abspath(base / raw))
+        if path.is_file():
+            out["env_file"] = str(path)
+        else:
+            what = "is not a file" if path.exists() else "does not exist"
+            dropped.append(
+                f"runner.env_file: {path} {what} (forgejo-runner skips a missing env file; "
+                "forgejo-scheduler would refuse it)"
+            )
+    return out
+
+
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _go_string(value: object) -> str:
+    """A YAML scalar as yaml.v3 puts it into a Go ``string``: ``true``, ``3``, ``""``."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _yaml_connection(

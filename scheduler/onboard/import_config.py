@@ -20,8 +20,10 @@ from typing import Any
 import attrs
 import tomlkit
 
+from scheduler.config import Config
 from scheduler.durations import format_duration
 from scheduler.errors import ConfigError, OnboardError
+from scheduler.executor.labels import plan_labels
 from scheduler.onboard import tomlfile as tf
 from scheduler.onboard.forgejo_runner import Source, read_source
 from scheduler.onboard.tokens import reference, token_path, write_token
@@ -35,6 +37,8 @@ class Imported:
     source: Source
     token_files: tuple[Path, ...]
     carried: tuple[str, ...]  # "runner.capacity", "connections.x.url"...
+    created_dirs: tuple[Path, ...] = ()  # the output's directory and parents, made 0700
+    undeclared: tuple[str, ...] = ()  # "connections.x: label (why), ..."
 
 
 def import_config(
@@ -48,7 +52,7 @@ def import_config(
     if config_yml is None and runner_file is None:
         raise OnboardError("nothing to import: give a config.yml and/or --runner-file")
     source = read_source(config_yml, runner_file, connection)
-    cf = tf.read_config(output)
+    cf = tf.read_config(output, missing_dir_ok=True)
     if cf.exists and not force:
         raise OnboardError(
             f"{output} exists; pass --force to replace it (or choose another --output)"
@@ -66,14 +70,17 @@ def import_config(
     for name in tokens:
         data["connections"][name]["token_env"] = _PLACEHOLDER_ENV
     try:
-        tf.validate(data, cf.path)
+        planned = tf.validate(data, cf.path)
     except ConfigError as exc:
         raise OnboardError(
             f"the imported configuration is not valid: {exc} (nothing was written)"
         ) from None
 
+    undeclared = _undeclared(planned)
     created = [p for p in tokens.values() if not p.exists()]
+    made_dirs: list[Path] = []
     try:
+        made_dirs = tf.make_config_dir(cf.path.parent)
         for conn in source.connections:
             if conn.token:
                 write_token(tokens[conn.name], conn.token)
@@ -86,10 +93,26 @@ def import_config(
     except (OnboardError, ConfigError) as exc:
         for path in created:
             path.unlink(missing_ok=True)
+        tf.remove_dirs(made_dirs)
         raise OnboardError(f"{exc} (the output was not written)") from None
     return Imported(
-        output=cf.path, source=source, token_files=tuple(tokens.values()), carried=tuple(carried)
+        output=cf.path,
+        source=source,
+        token_files=tuple(tokens.values()),
+        carried=tuple(carried),
+        created_dirs=tuple(made_dirs),
+        undeclared=undeclared,
     )
+
+
+def _undeclared(config: Config) -> tuple[str, ...]:
+    """Per connection, the labels written to the file but not declared to Forgejo."""
+    out = []
+    for c in config.connections:
+        plan = plan_labels(c.labels)
+        if plan.dropped:
+            out.append(f"connections.{c.name}: {plan.describe_dropped()}")
+    return tuple(out)
 
 
 def _document(source: Source) -> tuple[tomlkit.TOMLDocument, list[str]]:
@@ -129,6 +152,14 @@ def _document(source: Source) -> tuple[tomlkit.TOMLDocument, list[str]]:
     if "labels" in source.runner:
         runner["labels"] = source.runner["labels"]
         carried.append("runner.labels")
+    for key, theirs in (("job_timeout", "timeout"), ("envs", "envs"), ("env_file", "env_file")):
+        if key in source.runner:
+            value = source.runner[key]
+            if key == "envs":
+                value = tomlkit.inline_table()
+                value.update(source.runner[key])
+            runner[key] = value
+            carried.append(f"runner.{theirs}" + (f" (as {key})" if key != theirs else ""))
     doc["runner"] = runner
 
     conns = tomlkit.table(is_super_table=True)
@@ -177,7 +208,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-o",
         type=Path,
         default=Path("config.toml"),
-        help="the config.toml to write (default: ./config.toml)",
+        help="the config.toml to write (default: ./config.toml); a missing directory "
+        "is created, mode 0700",
     )
     parser.add_argument(
         "--connection", help="connection name for a .runner registration (default: its runner name)"
@@ -197,6 +229,8 @@ def run(ns: argparse.Namespace) -> int:
         return 2
     src = done.source
     names = ", ".join(c.name for c in src.connections)
+    for directory in done.created_dirs:
+        print(f"created directory {directory} (mode 0700)")
     print(f"wrote {done.output}: {len(src.connections)} connection(s): {names}")
     for path in done.token_files:
         print(f"runner token: {path} (mode 0600)")
@@ -207,5 +241,7 @@ def run(ns: argparse.Namespace) -> int:
         print("empty in the source, nothing to carry: " + ", ".join(src.empty))
     for line in src.notes:
         print(f"note: {line}")
+    for line in done.undeclared:
+        print(f"labels kept in the file but not declared to Forgejo: {line}")
     print(f"check it with: forgejo-scheduler check-config --config {done.output}")
     return 0

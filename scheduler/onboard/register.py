@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ import trio
 from scheduler import __version__
 from scheduler.config import _NAME_RE, ConnectionSettings
 from scheduler.errors import ConfigError, ConnectError, OnboardError, RpcError
+from scheduler.executor.labels import plan_labels
 from scheduler.onboard import tomlfile as tf
 from scheduler.onboard.tokens import read_secret, reference, token_path, write_token
 from scheduler.protocol import messages as m
@@ -103,7 +105,7 @@ async def register(
 ) -> Registered:
     plan = _prepare(args)
     runner_name = args.name or socket.gethostname()
-    label_names = tuple(label.split(":", 1)[0] for label in plan.settings.labels)
+    label_names = plan_labels(plan.settings.labels).names  # only those that can run here
     runner = await _register_rpc(
         args, client_factory, runner_name, plan.registration_token, label_names
     )
@@ -159,7 +161,38 @@ def _prepare(args: RegisterArgs) -> _Plan:
         raise OnboardError(f"{exc} (nothing was registered)") from None
     settings = next(c for c in planned.connections if c.name == args.connection)
     token_file = token_path(planned.runner.state_dir, args.connection)
+    _check_token_file(args, cf, existing, token_file)
     return _Plan(args, registration_token, cf, values, settings, token_file, replaced)
+
+
+def _check_token_file(
+    args: RegisterArgs, cf: tf.ConfigFile, existing: Mapping[str, Any] | None, path: Path
+) -> None:
+    """Refuse to overwrite a runner token file that is not this connection's own.
+
+    ``<state_dir>/tokens/<name>.token`` may exist because another config shares this
+    state_dir and has a connection of the same name, or a removed connection left it.
+    Overwriting it would silently break that runner, so it is replaced only when this
+    config's ``[connections.<name>]`` names it as its ``token_file`` and ``--force`` is
+    given (re-registering the same connection); never otherwise.
+    """
+    if not os.path.lexists(path):
+        return
+    own = existing is not None and isinstance(existing.get("token_file"), str) and (
+        os.path.realpath(cf.path.parent / str(existing["token_file"])) == os.path.realpath(path)
+    )
+    if own and args.force:
+        return
+    if own:  # the existing-connection check refuses first; kept for callers without it
+        raise OnboardError(f"token file {path} exists; pass --force to replace it")
+    raise OnboardError(
+        f"token file {path} already exists and is not the token_file of "
+        f"[connections.{args.connection}] in {args.config}: another config sharing "
+        f"runner.state_dir {path.parent.parent} (or a removed connection) owns it, and "
+        "overwriting it would break that runner. Choose another --connection name, give "
+        "this config its own state_dir, or delete the file if nothing uses it "
+        "(--force does not override this; nothing was registered)"
+    )
 
 
 def _finish(plan: _Plan, runner: m.Runner, runner_name: str) -> Registered:
@@ -354,5 +387,11 @@ def run(ns: argparse.Namespace) -> int:
         f"config {verb}: {done.config} [connections.{done.connection}], "
         f"labels {', '.join(done.labels)}"
     )
+    labels = plan_labels(done.labels)
+    if labels.dropped:
+        print(
+            f"declared to Forgejo: {', '.join(labels.names)}; kept in the config but not "
+            f"declared: {labels.describe_dropped()}"
+        )
     print(f"check it with: forgejo-scheduler check-config --config {done.config}")
     return 0

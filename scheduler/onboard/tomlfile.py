@@ -12,6 +12,7 @@ keeps the document's text and edits it in place.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tomllib
 from collections.abc import Iterator, Mapping, MutableMapping
@@ -49,14 +50,16 @@ class ConfigFile:
         return self.mode is not None
 
 
-def read_config(path: Path) -> ConfigFile:
-    """Parse ``path`` for editing; a missing file is an empty document."""
+def read_config(path: Path, *, missing_dir_ok: bool = False) -> ConfigFile:
+    """Parse ``path`` for editing; a missing file is an empty document. A missing
+    directory is an error unless ``missing_dir_ok`` (the caller creates it: see
+    :func:`make_config_dir`)."""
     real = Path(os.path.realpath(path))
     try:
         raw = real.read_bytes()
         st = real.stat()
     except FileNotFoundError:
-        if not real.parent.is_dir():
+        if not real.parent.is_dir() and not (missing_dir_ok and not _exists(real.parent)):
             raise OnboardError(f"{path}: directory {real.parent} does not exist") from None
         return ConfigFile(real, tomlkit.document(), None, None)
     except IsADirectoryError:
@@ -70,6 +73,42 @@ def read_config(path: Path) -> ConfigFile:
     except tomlkit.exceptions.ParseError as exc:
         raise OnboardError(f"{path}: invalid TOML: {exc}") from None
     return ConfigFile(real, doc, stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid))
+
+
+#: Mode of a config directory this module creates: it holds the runner's state and
+#: token directory, which only the service's user needs to enter.
+NEW_DIR_MODE = 0o700
+
+
+def _exists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+def make_config_dir(directory: Path) -> list[Path]:
+    """Create ``directory`` and its missing parents as :data:`NEW_DIR_MODE` (0700);
+    return the ones created, deepest last, so a failed run can remove them again."""
+    missing: list[Path] = []
+    d = directory
+    while not _exists(d):
+        missing.append(d)
+        d = d.parent
+    created: list[Path] = []
+    try:
+        for d in reversed(missing):
+            d.mkdir(mode=NEW_DIR_MODE)
+            os.chmod(d, NEW_DIR_MODE)  # not filtered by the umask: 0700 exactly
+            created.append(d)
+    except OSError as exc:
+        remove_dirs(created)
+        raise OnboardError(f"cannot create directory {d}: {exc.strerror or exc}") from None
+    return created
+
+
+def remove_dirs(created: list[Path]) -> None:
+    """Undo :func:`make_config_dir`: the topmost directory it created, with what this
+    run put inside (it did not exist before the run)."""
+    if created:
+        shutil.rmtree(created[0], ignore_errors=True)
 
 
 def connection_table(doc: TOMLDocument, name: str) -> Mapping[str, Any] | None:

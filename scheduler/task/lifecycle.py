@@ -33,6 +33,7 @@ import attrs
 import trio
 
 from scheduler import __version__
+from scheduler.config.values import DEFAULT_JOB_TIMEOUT
 from scheduler.errors import ConnectError, RpcError
 from scheduler.executor import Executor
 from scheduler.protocol import LogRow, Result, RunnerClient, Task, TaskState
@@ -41,8 +42,9 @@ from scheduler.task.reporter import DEFAULT_RETRY, RetryPolicy, TaskReporter
 
 log = logging.getLogger(__name__)
 
-#: forgejo-runner's ``runner.timeout`` default: a job running longer is cancelled.
-DEFAULT_MAX_RUN_TIME = 3 * 3600.0
+#: forgejo-runner's ``runner.timeout`` default: a job running longer is cancelled. The
+#: service passes each connection's ``job_timeout`` (config, default this value).
+DEFAULT_MAX_RUN_TIME = DEFAULT_JOB_TIMEOUT
 #: How long a task cancelled by the service's shutdown may take to send its last report.
 SHUTDOWN_REPORT_TIMEOUT = 30.0
 
