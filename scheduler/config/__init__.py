@@ -20,6 +20,7 @@ Layout (``config.toml`` in the repository root is the commented example, and
     [runner]                 capacity, fetch_interval, fetch_timeout, report_interval,
                              shutdown_timeout, state_dir, labels
     [metrics]                listen, enabled
+    [logging]                level, format
     [connections.<name>]     url, uuid, token_file | token_env | token, labels, weight,
                              min_slots, max_slots, fetch_interval, ca_file, insecure
 """
@@ -27,6 +28,7 @@ Layout (``config.toml`` in the repository root is the commented example, and
 from scheduler.config.checks import ca_file_problem, config_warnings, token_file_warning
 from scheduler.config.parse import (
     _CONNECTION_KEYS,
+    _LOGGING_KEYS,
     _METRICS_KEYS,
     _NAME_RE,
     _RUNNER_KEYS,
@@ -38,6 +40,7 @@ from scheduler.config.render import _toml_key, render_config
 from scheduler.config.values import (
     Config,
     ConnectionSettings,
+    LoggingSettings,
     MetricsSettings,
     RunnerSettings,
     Share,
@@ -46,11 +49,13 @@ from scheduler.config.values import (
 __all__ = [
     "MAX_CAPACITY",
     "_CONNECTION_KEYS",
+    "_LOGGING_KEYS",
     "_METRICS_KEYS",
     "_NAME_RE",
     "_RUNNER_KEYS",
     "Config",
     "ConnectionSettings",
+    "LoggingSettings",
     "MetricsSettings",
     "RunnerSettings",
     "Share",

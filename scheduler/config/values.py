@@ -53,6 +53,15 @@ class MetricsSettings:
 
 
 @attrs.frozen(kw_only=True)
+class LoggingSettings:
+    """``[logging]``: the defaults of ``run``'s ``--log-level`` and ``--log-format``
+    (see :mod:`scheduler.logs`); the command line overrides them."""
+
+    level: str = "info"
+    format: str = "text"
+
+
+@attrs.frozen(kw_only=True)
 class ConnectionSettings:
     """One Forgejo instance (one runner registration) from ``[connections.<name>]``.
 
@@ -86,6 +95,7 @@ class Config:
     runner: RunnerSettings
     metrics: MetricsSettings
     connections: tuple[ConnectionSettings, ...]
+    logging: LoggingSettings = LoggingSettings()
 
 
 # ---------------------------------------------------------------------------------------
