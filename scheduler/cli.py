@@ -78,13 +78,13 @@ def add_log_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     default = None if top else argparse.SUPPRESS
     parser.add_argument(
         "--log-level", type=str.lower, choices=tuple(LEVELS), default=default,
-        help="trace, debug, info, warning or error (run: default [logging] level, else "
-        "info); debug adds our own debug lines and one line per HTTP request, trace "
-        "also the HTTP libraries' internals")
+        help="default info (run: the config's [logging] level); debug adds our debug "
+        "lines and one line per HTTP request, trace also the HTTP libraries' internals")
     parser.add_argument(
         "--log-format", type=str.lower, choices=FORMATS, default=default,
-        help="text, or json: one object a line with ts, level, logger, message and, "
-        "where known, connection, task_id, repository, job (run: default [logging] format)")
+        help="default text (run: the config's [logging] format); json: one object a line "
+        "with ts, level, logger, message and, where known, connection, task_id, "
+        "repository, job")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -331,3 +331,22 @@ def test_logging_table_parsed_rendered_and_checked(tmp_path: Path) -> None:
         assert shown in message
         if "did you mean" not in shown:
             assert "expected one of " in message
+
+
+async def test_a_reload_applies_a_changed_logging_table(tmp_path: Path) -> None:
+    """SIGHUP with ``[logging] format = "json"`` added: the next lines are JSON; a level
+    given on the command line stays in force."""
+    async with daemon_world(tmp_path, ["a"], capacity=1, fetch_interval=0.2) as w:
+        daemon = await w.start("--log-level", "info")
+        with w.config.open("a") as fh:
+            fh.write('\n[logging]\nlevel = "error"\nformat = "json"\n')
+        daemon.signal(signal.SIGHUP)
+        with trio.fail_after(30):
+            while b'"message": "' not in daemon.log:
+                await trio.sleep(0.05)
+        await _one_task(w.sim, daemon)
+    lines = daemon.log.decode().splitlines()
+    first_json = next(i for i, line in enumerate(lines) if line.startswith("{"))
+    assert all(TEXT_LINE.fullmatch(line) for line in lines[:first_json])
+    records = _json_lines("\n".join(lines[first_json:]))
+    assert any(r["level"] == "info" and "finished, success" in r["message"] for r in records)
