@@ -7,7 +7,7 @@ import hashlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -15,9 +15,9 @@ import trio
 from scheduler import __version__
 from scheduler import demo as demo_mod
 from scheduler import exec as exec_mod
-from scheduler.config import config_warnings, load_config, render_config
+from scheduler.config import Config, config_warnings, load_config, render_config
 from scheduler.errors import ConfigError
-from scheduler.logs import setup_logging
+from scheduler.logs import DEFAULT_FORMAT, DEFAULT_LEVEL, FORMATS, LEVELS, setup_logging
 from scheduler.onboard import import_config as import_mod
 from scheduler.onboard import register as register_mod
 from scheduler.service import Service
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sharing its slots fairly.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    add_log_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
@@ -76,30 +76,45 @@ def build_parser() -> argparse.ArgumentParser:
                          ".runner file into a config.toml")
 
     import_mod.add_arguments(imp)
+    for subcommand in sub.choices.values():
+        add_log_options(subcommand, top=False)
     return parser
+
+
+def add_log_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """``--log-level``/``--log-format``, before or after the subcommand. After it they
+    default to nothing at all (SUPPRESS), so they do not undo a value given before it;
+    unset in both places, ``run`` takes ``[logging]`` from its config."""
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument(
+        "--log-level", type=str.lower, choices=tuple(LEVELS), default=default,
+        help="default info (run: the config's [logging] level); debug adds our debug "
+        "lines and one line per HTTP request, trace also the HTTP libraries' internals")
+    parser.add_argument(
+        "--log-format", type=str.lower, choices=FORMATS, default=default,
+        help="default text (run: the config's [logging] format); json: one object a line "
+        "with ts, level, logger, message and, where known, connection, task_id, "
+        "repository, job")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return run_daemon(args.config, args.log_level, args.log_format, watch=args.watch_config)
+    args.log_level = args.log_level or DEFAULT_LEVEL
+    args.log_format = args.log_format or DEFAULT_FORMAT
+    setup_logging(args.log_level, fmt=args.log_format)
     if args.command == "check-config":
         return check_config(args.config)
-    if args.command == "run":
-        return run_daemon(args.config, args.log_level, watch=args.watch_config)
     if args.command == "demo":
-
         return demo_mod.run(args)
     if args.command == "sim":
-
-        setup_logging(args.log_level)
         return sim_cli.run(args)
     if args.command == "exec":
-
         return exec_mod.run(args)
     if args.command == "register":
-
         return register_mod.run(args)
     if args.command == "import-config":
-
         return import_mod.run(args)
     raise AssertionError(args.command)
 
@@ -116,21 +131,35 @@ def check_config(path: Path) -> int:
     return 0
 
 
-def run_daemon(path: Path, log_level: str, *, watch: bool = False) -> int:
-    setup_logging(log_level)
+def run_daemon(
+    path: Path, log_level: str | None, log_format: str | None, *, watch: bool = False
+) -> int:
+    """``log_level``/``log_format`` None: the config's ``[logging]`` (again on a reload)."""
+    setup_logging(log_level or DEFAULT_LEVEL, fmt=log_format or DEFAULT_FORMAT)
     try:
         config = load_config(path)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(log_level, secrets=[c.token for c in config.connections])
+    tokens: set[str] = set()  # never forgotten: a removed connection drains after a reload
+
+    def configure_logging(config: Config) -> None:
+        tokens.update(c.token for c in config.connections)
+        setup_logging(log_level or config.logging.level, secrets=tokens,
+                      fmt=log_format or config.logging.format)
+
+    configure_logging(config)
     service = Service(config)
+
+    def reload() -> None:
+        if service.reload_file(path):
+            configure_logging(service.config)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(handle_signals, service, path)
+            nursery.start_soon(handle_signals, service, path, reload)
             if watch:
-                nursery.start_soon(watch_config, service, path)
+                nursery.start_soon(watch_config, path, reload)
             await service.run()
             nursery.cancel_scope.cancel()
 
@@ -138,7 +167,7 @@ def run_daemon(path: Path, log_level: str, *, watch: bool = False) -> int:
     return 0
 
 
-async def handle_signals(service: Service, path: Path) -> None:
+async def handle_signals(service: Service, path: Path, reload: Callable[[], None]) -> None:
     """First SIGTERM/SIGINT/SIGQUIT: drain. Second: cancel running tasks. SIGHUP: reload."""
     stops = 0
     with trio.open_signal_receiver(
@@ -147,7 +176,7 @@ async def handle_signals(service: Service, path: Path) -> None:
         async for signum in signals:
             if signum == signal.SIGHUP:
                 log.info("SIGHUP: reloading %s", path)
-                service.reload_file(path)
+                reload()
                 continue
             stops += 1
             if stops == 1:
@@ -156,7 +185,7 @@ async def handle_signals(service: Service, path: Path) -> None:
                 service.abort()
 
 
-async def watch_config(service: Service, path: Path, every: float = 2.0) -> None:
+async def watch_config(path: Path, reload: Callable[[], None], every: float = 2.0) -> None:
     """Reload when the file's content changes (compared by hash, so touch is harmless)."""
     last = _digest(path)
     while True:
@@ -165,7 +194,7 @@ async def watch_config(service: Service, path: Path, every: float = 2.0) -> None
         if now != last:
             last = now
             log.info("%s changed: reloading", path)
-            service.reload_file(path)
+            reload()
 
 
 def _digest(path: Path) -> str | None:

@@ -34,7 +34,7 @@ import random
 import attrs
 import trio
 
-from scheduler import __version__
+from scheduler import __version__, logcontext
 from scheduler.config import ConnectionSettings, RunnerSettings
 from scheduler.errors import ConnectError, PoolClosed, RpcError
 from scheduler.executor import Executor
@@ -171,6 +171,7 @@ class ConnectionLoop:
 
     async def run(self, tasks: trio.Nursery) -> None:
         """Fetch until told to stop; tasks start in ``tasks`` and outlive this loop."""
+        logcontext.bind(connection=self.name)  # inherited by the tasks it starts
         self._resume()
         await self._declare_until_up()
         while True:
@@ -426,6 +427,7 @@ class ConnectionLoop:
 
     async def report_orphan(self, task_id: int, holds_slot: bool) -> None:
         """A task left running by a dead process: settle it (see scheduler.task.lifecycle)."""
+        logcontext.bind(connection=self.name, task_id=task_id)
         log.warning(
             "connection %s: task %d: %s; reporting it failed", self.name, task_id, ORPHAN_REASON
         )

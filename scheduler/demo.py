@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         print("error: --duration must be > 0 and --capacity >= 1", file=sys.stderr)
         return 2
     # Progress lines tell the story; per-task INFO lines would drown them.
-    setup_logging("WARNING" if args.log_level.upper() == "INFO" else args.log_level)
+    setup_logging("WARNING" if args.log_level.upper() == "INFO" else args.log_level,
+                  fmt=args.log_format)
     progress = sys.stderr if args.json else sys.stdout
     report = trio.run(run_demo, args.duration, args.seed, args.capacity, progress)
     if args.json:

@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     # The job's log is the output; the service's per-task INFO lines would interleave.
     setup_logging("WARNING" if args.log_level.upper() == "INFO" else args.log_level,
-                  secrets=[value for _, value in args.secret])
+                  secrets=[value for _, value in args.secret], fmt=args.log_format)
     if job.needs:
         print(f"note: job {job.id} needs {', '.join(job.needs)}; it runs alone, without "
               "their results and outputs", file=sys.stderr)

@@ -35,6 +35,7 @@ from scheduler.pool import PoolStatistics, SlotPool
 from scheduler.protocol import RunnerClient, ssl_context
 from scheduler.reload import plan_reload
 from scheduler.slots import SlotLedger
+from scheduler.startup import connection_summary, service_summary
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +291,7 @@ class Service:
     async def run(
         self, *, task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        log.info("%s", service_summary(self.config))
         for warning in config_warnings(self.config):
             log.warning("%s", warning)
         self._restore()
@@ -347,6 +349,8 @@ class Service:
                 rng=random.Random(self.rng.random()),
             )
             entry.loop = loop
+            log.info("%s", connection_summary(loop, self.executor, self.ledger.capacity),
+                     extra={"connection": name})
             if self._stop.is_set():  # stopped before this loop got going
                 loop.stop(self._drain_deadline)
             async with trio.open_nursery() as tasks:

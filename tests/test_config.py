@@ -847,6 +847,7 @@ def test_example_and_reference_mention_every_key() -> None:
     keys = {
         "runner": config_module._RUNNER_KEYS,
         "metrics": config_module._METRICS_KEYS,
+        "logging": config_module._LOGGING_KEYS,
         "connections.<name>": config_module._CONNECTION_KEYS,
     }
     for section, names in keys.items():

@@ -4,8 +4,9 @@ loopback metrics, and scans of everything the process wrote for tokens and job s
 The scans look for every runner token (from a file, an environment variable and the
 config itself), every job secret and every task token the server handed out, in:
 
-* every log record of the process, at DEBUG, from every logger (ours, httpx, httpcore,
-  hypercorn), with exception texts;
+* every log record of the process, at TRACE (below DEBUG: the HTTP libraries'
+  internals), from every logger (ours, httpx, httpcore, hypercorn), with exception
+  texts, with its connection/task fields, formatted as text and as JSON;
 * every log row the simulator received (the job printed its secrets: they must arrive
   as ``***``);
 * ``/metrics``, ``/healthz`` and ``/readyz``;
@@ -13,13 +14,14 @@ config itself), every job secret and every task token the server handed out, in:
 
 One scan runs the service in-process on a MockClock with faults on every path (dropped
 answers, 5xx, failing UpdateLog, a revoked token); the other runs the real daemon (a
-child process, ``--log-level DEBUG``) with the real host executor, whose job echoes a
-secret and the task token from bash.
+child process, ``--log-level DEBUG`` in the text format, and ``--log-level trace`` in
+the JSON format) with the real host executor, whose job echoes a secret and the task
+token from bash.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import os
 import re
 import signal
@@ -36,6 +38,8 @@ import trio.testing
 
 from scheduler.config import MetricsSettings, load_config, token_file_warning
 from scheduler.executor.simulated import SimulatedExecutor
+from scheduler.logcontext import ContextFilter
+from scheduler.logs import TRACE, JsonFormatter, TextFormatter
 from scheduler.service import Service
 from scheduler.sim import FaultPlan, InstanceSpec, Simulator
 from tests.support.config import Inline, write_config
@@ -188,9 +192,10 @@ async def test_scan_in_process_with_faults_everywhere(
 ) -> None:
     """Jobs print their secrets; answers are dropped, 5xx'd, UpdateLog fails, one token
     is revoked mid-run. Nothing secret reaches a log record, a row, /metrics or disk."""
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(TRACE)
     for name in ("httpx", "httpcore", "hypercorn", "scheduler"):
-        caplog.set_level(logging.DEBUG, logger=name)
+        caplog.set_level(TRACE, logger=name)
+    caplog.handler.addFilter(ContextFilter())  # the fields the formats show
     faults = FaultPlan(drop_after_assign=0.3, error_5xx=0.1, fail_update_log=0.2,
                        fail_update_task=0.1)
     async with running_sim(*(InstanceSpec(n, faults=faults) for n in "abc"), seed=11) as sim:
@@ -219,9 +224,12 @@ async def test_scan_in_process_with_faults_everywhere(
     assert len(secrets) >= 3 + 2 + 12
     records = caplog.records
     assert len(records) > 100
+    assert any(getattr(r, "task_id", None) for r in records)
     for record in records:
         text = record.getMessage() + (record.exc_text or "")
         scan(text, secrets, f"the log record {record.name}: {text[:80]!r}")
+        for formatter in (TextFormatter(), JsonFormatter()):
+            scan(formatter.format(record), secrets, f"the formatted record {text[:80]!r}")
     rows = [line for inst in sim.instances.values() for t in inst.tasks.values()
             for line in t.log_lines]
     printed = [line for line in rows if line.startswith(("the secret is", "and "))]
@@ -234,12 +242,18 @@ async def test_scan_in_process_with_faults_everywhere(
     assert_private(tmp_path / "state")
 
 
+@pytest.mark.parametrize(("before", "after"), [
+    (("--log-level", "DEBUG"), ()),
+    ((), ("--log-level", "trace", "--log-format", "json")),
+], ids=["debug-text", "trace-json"])
 async def test_scan_of_the_real_daemon_with_the_host_executor(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: tuple[str, ...],
+    after: tuple[str, ...],
 ) -> None:
-    """A child process at DEBUG, its token file group/world readable, one connection
-    insecure: it warns about both; its job (bash, via the host executor) prints a job
-    secret and the task token; nothing secret is in its stderr, its rows, its metrics."""
+    """A child process at DEBUG (text) or TRACE (JSON), its token file group/world
+    readable, one connection insecure: it warns about both; its job (bash, via the host
+    executor) prints a job secret and the task token; nothing secret is in its stderr,
+    its rows, its metrics."""
     async with running_sim("a", "b", "c", seed=8) as sim, trio.open_nursery() as nursery:
         env = three_sources(sim, tmp_path, monkeypatch)
         (tmp_path / "a.token").chmod(0o644)
@@ -255,7 +269,7 @@ async def test_scan_of_the_real_daemon_with_the_host_executor(
         )
         job = sim.instances["a"].add_job(workflow=workflow, secrets={"DEPLOY": JOB_SECRET})
         proc = await trio.lowlevel.open_process(
-            [*CLI, "--log-level", "DEBUG", "run", "--config", str(config)], cwd=ROOT,
+            [*CLI, *before, "run", "--config", str(config), *after], cwd=ROOT,
             stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         stderr = bytearray()
 
@@ -281,7 +295,14 @@ async def test_scan_of_the_real_daemon_with_the_host_executor(
     assert code == 0, log[-3000:]
     assert f"token file {tmp_path / 'a.token'} is readable by group and others" in log
     assert "insecure = true: TLS certificates of https://127.0.0.1:9 are not verified" in log
-    assert "DEBUG" in log
+    if after:
+        entries = [json.loads(line) for line in log.splitlines()]  # every line is JSON
+        assert any(e["level"] == "debug" for e in entries)
+        assert any(e["logger"].startswith("httpcore") for e in entries)  # trace: scanned too
+        decoded = "\n".join(str(value) for e in entries for value in e.values())
+        scan(decoded, all_secrets(sim, tokens), "the daemon's JSON lines, decoded")
+    else:
+        assert "DEBUG" in log
     task = sim.instances["a"].task_for_job(job)
     assert task is not None and task.result is not None and task.result.name == "SUCCESS"
     assert "hunter2-***" not in task.log_lines  # the whole value is masked, not a part

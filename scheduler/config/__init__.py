@@ -21,6 +21,7 @@ Layout (``config.toml`` in the repository root is the commented example, and
                              shutdown_timeout, state_dir, labels,
                              job_timeout, envs, env_file
     [metrics]                listen, enabled
+    [logging]                level, format
     [connections.<name>]     url, uuid, token_file | token_env | token, labels, weight,
                              min_slots, max_slots, fetch_interval, ca_file, insecure,
                              job_timeout, envs, env_file
@@ -29,6 +30,7 @@ Layout (``config.toml`` in the repository root is the commented example, and
 from scheduler.config.checks import ca_file_problem, config_warnings, token_file_warning
 from scheduler.config.parse import (
     _CONNECTION_KEYS,
+    _LOGGING_KEYS,
     _METRICS_KEYS,
     _NAME_RE,
     _RUNNER_KEYS,
@@ -40,6 +42,7 @@ from scheduler.config.render import _toml_key, render_config
 from scheduler.config.values import (
     Config,
     ConnectionSettings,
+    LoggingSettings,
     MetricsSettings,
     RunnerSettings,
     Share,
@@ -48,11 +51,13 @@ from scheduler.config.values import (
 __all__ = [
     "MAX_CAPACITY",
     "_CONNECTION_KEYS",
+    "_LOGGING_KEYS",
     "_METRICS_KEYS",
     "_NAME_RE",
     "_RUNNER_KEYS",
     "Config",
     "ConnectionSettings",
+    "LoggingSettings",
     "MetricsSettings",
     "RunnerSettings",
     "Share",

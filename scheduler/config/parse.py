@@ -17,13 +17,20 @@ from typing import Any, NoReturn
 
 from scheduler.config.envfile import EnvFileError, parse_env_text
 from scheduler.config.render import _toml_key
-from scheduler.config.values import Config, ConnectionSettings, MetricsSettings, RunnerSettings
+from scheduler.config.values import (
+    Config,
+    ConnectionSettings,
+    LoggingSettings,
+    MetricsSettings,
+    RunnerSettings,
+)
 from scheduler.durations import describe_value, parse_duration
 from scheduler.errors import ConfigError, SecretFileError
 from scheduler.executor.labels import label_problem, plan_labels
+from scheduler.logs import FORMATS, LEVELS
 from scheduler.secretfile import read_secret_file
 
-_TOP_KEYS = ("runner", "metrics", "connections")
+_TOP_KEYS = ("runner", "metrics", "logging", "connections")
 _RUNNER_KEYS = (
     "capacity",
     "fetch_interval",
@@ -35,6 +42,7 @@ _RUNNER_KEYS = (
     *("job_timeout", "envs", "env_file"),  # job settings (issue 14)
 )
 _METRICS_KEYS = ("listen", "enabled")
+_LOGGING_KEYS = ("level", "format")
 _TOKEN_KEYS = ("token_file", "token_env", "token")
 _CONNECTION_KEYS = (
     "url",
@@ -52,6 +60,7 @@ _CONNECTION_KEYS = (
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "[runner]": _RUNNER_KEYS,
     "[metrics]": _METRICS_KEYS,
+    "[logging]": _LOGGING_KEYS,
     "[connections.<name>]": _CONNECTION_KEYS,
 }
 
@@ -299,6 +308,7 @@ class _Parser:
         runner = self.runner(self.table(data, "runner", "runner"))
         self.runner_env = self.env_layer(runner.envs, runner.env_file, "runner")
         metrics = self.metrics(self.table(data, "metrics", "metrics"))
+        log_settings = self.logging(self.table(data, "logging", "logging"))
         conns = self.table(data, "connections", "connections")
         if not conns:
             self.fail(
@@ -313,7 +323,8 @@ class _Parser:
             token, token_source = self.token(draft["name"], conns[draft["name"]])
             connections.append(ConnectionSettings(**draft, token=token, token_source=token_source))
         return Config(
-            source=self.source, runner=runner, metrics=metrics, connections=tuple(connections)
+            source=self.source, runner=runner, metrics=metrics, connections=tuple(connections),
+            logging=log_settings,
         )
 
     def runner(self, t: Mapping[str, Any]) -> RunnerSettings:
@@ -377,6 +388,20 @@ class _Parser:
             self.fail("metrics.listen", f"expected {expected}, got {describe_value(listen)}")
         host, port = parsed
         return MetricsSettings(host=host, port=port, enabled=enabled)
+
+    def logging(self, t: Mapping[str, Any]) -> LoggingSettings:
+        self.check_keys(t, _LOGGING_KEYS, "logging")
+
+        def choice(key: str, allowed: tuple[str, ...], default: str) -> str:
+            value = t.get(key, default)
+            if not isinstance(value, str) or value.strip().lower() not in allowed:
+                self.fail(f"logging.{key}",
+                          f"expected one of {', '.join(allowed)}, got {describe_value(value)}")
+            return value.strip().lower()
+
+        d = LoggingSettings()
+        return LoggingSettings(level=choice("level", tuple(LEVELS), d.level),
+                               format=choice("format", FORMATS, d.format))
 
     def connection(self, name: str, t: object, runner: RunnerSettings) -> dict[str, Any]:
         """Everything about one connection except its token (read later, see parse_config)."""

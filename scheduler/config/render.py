@@ -71,6 +71,10 @@ def render_config(config: Config) -> str:
         "[metrics]",
         f"listen = {_toml_str(_listen(m))}",
         f"enabled = {'true' if m.enabled else 'false'}",
+        "",
+        "[logging]  # run's --log-level / --log-format override these",
+        f"level = {_toml_str(config.logging.level)}",
+        f"format = {_toml_str(config.logging.format)}",
     ]
     for c in config.connections:
         lines += [

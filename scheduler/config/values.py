@@ -63,6 +63,15 @@ class MetricsSettings:
 
 
 @attrs.frozen(kw_only=True)
+class LoggingSettings:
+    """``[logging]``: the defaults of ``run``'s ``--log-level`` and ``--log-format``
+    (see :mod:`scheduler.logs`); the command line overrides them."""
+
+    level: str = "info"
+    format: str = "text"
+
+
+@attrs.frozen(kw_only=True)
 class ConnectionSettings:
     """One Forgejo instance (one runner registration) from ``[connections.<name>]``.
 
@@ -104,6 +113,7 @@ class Config:
     runner: RunnerSettings
     metrics: MetricsSettings
     connections: tuple[ConnectionSettings, ...]
+    logging: LoggingSettings = LoggingSettings()
 
 
 # ---------------------------------------------------------------------------------------

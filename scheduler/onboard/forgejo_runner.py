@@ -35,7 +35,8 @@ CODEBERG_MIN_FETCH_INTERVAL = 30.0
 
 # Why a section or key has no counterpart; None = handled.
 _SECTION_REASONS = {
-    "log": "forgejo-scheduler logs at --log-level (default INFO) and sends job logs unfiltered",
+    "log": "forgejo-scheduler logs at [logging] level or --log-level (default info) "
+           "and sends job logs unfiltered",
     "cache": "forgejo-scheduler runs no actions cache server or proxy",
     "container": "forgejo-scheduler runs jobs on the host, not in containers",
     "host": "work directories are under runner.state_dir/work",

@@ -32,7 +32,7 @@ import traceback
 import attrs
 import trio
 
-from scheduler import __version__
+from scheduler import __version__, logcontext
 from scheduler.config.values import DEFAULT_JOB_TIMEOUT
 from scheduler.errors import ConnectError, RpcError
 from scheduler.executor import Executor
@@ -101,6 +101,7 @@ async def run_task(
     and then only after the job was killed and a bounded, shielded final report
     (CANCELLED, "cancelled: the runner is shutting down") went out.
     """
+    logcontext.bind_task(task.id, task.context, connection=connection)  # for every line below
     start = trio.current_time()
     task_log = TaskLog(task, connection=connection)
     reporter = TaskReporter(client, task_log, retry=retry)
@@ -184,6 +185,7 @@ async def reject_task(
     retry: RetryPolicy = DEFAULT_RETRY,
 ) -> TaskOutcome:
     """Report a task this runner cannot run as failed at once: one row, then the result."""
+    logcontext.bind_task(task.id, task.context, connection=connection)
     start = trio.current_time()
     task_log = TaskLog(task, connection=connection)
     reporter = TaskReporter(client, task_log, retry=retry)
@@ -200,6 +202,7 @@ async def settle_orphan(
     client: RunnerClient, task_id: int, *, rng: random.Random, attempts: int = 10
 ) -> Result | None:
     """The task's final result on the server afterwards, or None if it could not be told."""
+    logcontext.bind(task_id=task_id)
     for attempt in range(attempts):
         try:
             view = await client.update_task(TaskState(id=task_id))

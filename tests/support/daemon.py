@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
@@ -18,15 +19,16 @@ CLI = [sys.executable, "-m", "scheduler"]
 class Daemon:
     """One daemon process; its stderr is collected in ``log`` while it runs."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, args: Sequence[str] = ()) -> None:
         self.config = config
+        self.args = tuple(args)  # more options of ``run``
         self.log = b""
         self.proc: trio.Process | None = None
         self._eof = trio.Event()
 
     async def start(self, nursery: trio.Nursery) -> None:
         self.proc = await trio.lowlevel.open_process(
-            [*CLI, "run", "--config", str(self.config)], cwd=ROOT,
+            [*CLI, "run", "--config", str(self.config), *self.args], cwd=ROOT,
             stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         nursery.start_soon(self._collect)

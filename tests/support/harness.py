@@ -158,9 +158,10 @@ class DaemonWorld:
     config: Path
     nursery: trio.Nursery
 
-    async def start(self) -> Daemon:
-        """One more ``forgejo-scheduler run`` (a restart, after a kill), once it serves."""
-        daemon = Daemon(self.config)
+    async def start(self, *args: str) -> Daemon:
+        """One more ``forgejo-scheduler run`` (a restart, after a kill), with more
+        options ``args``, once it serves."""
+        daemon = Daemon(self.config, args)
         await daemon.start(self.nursery)
         return daemon
 
