@@ -150,7 +150,7 @@ async def test_retune_changes_settings_and_asks_for_a_new_declare(tmp_path: Path
 def test_repr_shows_name_phase_health_and_key(tmp_path: Path) -> None:
     loop = make_loop(tmp_path, ScriptedClient())
     assert repr(loop) == "<ConnectionLoop home starting ?>"
-    loop.up, loop.phase = False, Phase.UNRESOLVED
+    loop.health.up, loop.phase = False, Phase.UNRESOLVED
     key = PendingFetch.new(2, 0)
     loop.store.set_pending(key)
     loop.doubt.attempts, loop.doubt.unresolved = 3, True
