@@ -3,7 +3,8 @@
 A connection goes *down* after :data:`DOWN_AFTER` consecutive failed exchanges of any
 kind (FetchTask, Declare, UpdateTask, UpdateLog: a timeout, a refused or reset
 connection, a 5xx or 429, a garbled answer), or at once when the server refuses the
-runner itself (a bad token, an ephemeral registration); it is *up* again after the
+runner itself (a bad token, an ephemeral registration) or when no exchange has worked
+yet (at start-up there is no "up" to protect from a blip); it is *up* again after the
 first exchange that works. One WARNING line when it goes down, one INFO line when it
 comes back, and ``forgejo_scheduler_connection_up`` and ``/healthz`` follow it.
 
@@ -59,6 +60,7 @@ class Health:
         (the server refused the runner). One WARNING line when it goes down."""
         self.failures += 1
         self.last_error = reason
+        at_once = at_once or self.up is None
         if self.up is not False and (at_once or self.failures >= DOWN_AFTER):
             streak = "" if at_once else f" ({self.failures} exchanges failed in a row)"
             log.warning("connection %s: down: %s%s", self.name, reason, streak)

@@ -879,6 +879,8 @@ def test_render_fills_defaults_redacts_tokens_and_parses_as_toml(tmp_path: Path)
         "fetch_timeout": "30s",
         "report_interval": "1s",
         "shutdown_timeout": "10m",
+        "shutdown_resolve_timeout": "30s",
+        "shutdown_report_timeout": "30s",
         "state_dir": str(tmp_path / "state"),
         "labels": ["debian:host"],
     }

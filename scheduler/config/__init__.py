@@ -18,7 +18,8 @@ Layout (``config.toml`` in the repository root is the commented example, and
 ``docs/configuration.md`` the reference)::
 
     [runner]                 capacity, fetch_interval, fetch_timeout, report_interval,
-                             shutdown_timeout, state_dir, labels
+                             shutdown_timeout, shutdown_resolve_timeout,
+                             shutdown_report_timeout, state_dir, labels
     [metrics]                listen, enabled
     [connections.<name>]     url, uuid, token_file | token_env | token, labels, weight,
                              min_slots, max_slots, fetch_interval, ca_file, insecure
