@@ -35,6 +35,12 @@ log = logging.getLogger("scheduler.connection")
 #: Consecutive failed exchanges after which a connection is down.
 DOWN_AFTER = 3
 
+#: Connect error codes with which the server answers about a task (an archived log, an
+#: unknown task, a bad index): the connection itself works.
+ABOUT_THE_TASK = frozenset(
+    {"already_exists", "not_found", "failed_precondition", "invalid_argument", "out_of_range"}
+)
+
 
 @attrs.define
 class Health:
@@ -74,7 +80,7 @@ class Health:
 class ObservedClient:
     """The calls a task makes (UpdateTask, UpdateLog), counted in a :class:`Health`.
 
-    A Connect error with a definite code (``already_exists`` for an archived log,
+    A Connect error in :data:`ABOUT_THE_TASK` (``already_exists`` for an archived log,
     ``not_found``...) is the server answering about the task: the connection works.
     """
 
@@ -83,7 +89,7 @@ class ObservedClient:
         self.health = health
 
     def _failed(self, exc: RpcError) -> None:
-        if isinstance(exc, ConnectError) and not exc.outcome_unknown:
+        if isinstance(exc, ConnectError) and exc.code in ABOUT_THE_TASK:
             self.health.succeeded()
         else:
             self.health.failed(str(exc))
