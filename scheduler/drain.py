@@ -68,9 +68,9 @@ class StopReport:
     @classmethod
     def of(cls, loops: Mapping[str, ConnectionLoop]) -> StopReport:
         return cls(
-            acknowledged={n: tuple(lp.reports.acknowledged) for n, lp in loops.items()
+            acknowledged={n: tuple(sorted(lp.reports.acknowledged)) for n, lp in loops.items()
                           if lp.reports.acknowledged},
-            unacknowledged={n: tuple(lp.reports.unacknowledged) for n, lp in loops.items()
+            unacknowledged={n: tuple(sorted(lp.reports.unacknowledged)) for n, lp in loops.items()
                             if lp.reports.unacknowledged},
             unresolved_keys=tuple(n for n, lp in loops.items() if lp.pending is not None),
         )

@@ -252,7 +252,7 @@ def _log_end(task: Task, connection: str, result: Result, reported: bool, durati
     else:
         log.error(
             "task %d on %s: the final result (%s) was not acknowledged by the server; "
-            "giving up after the retries",
+            "giving up (its retries, or the shutdown's shutdown_report_timeout, ran out)",
             task.id, connection, result.name.lower(),
         )
 
