@@ -90,11 +90,11 @@ def write_config(
     labels: Iterable[str] = ("sim:host",),
     runner_extra: Mapping[str, object] | None = None,
 ) -> Path:
-    """A config for any servers (``runner_extra``: more ``[runner]`` keys). Each
-    connection has ``url``, ``uuid`` and ``token`` (written to a 0600 token file next
-    to the config, or into the config when it is an :class:`Inline`) or its own token key, plus any other keys. The state lives in
+    """A config for any servers. Each connection has ``url``, ``uuid`` and ``token``
+    (written to a 0600 token file next to the config, or into the config when it is an
+    :class:`Inline`) or its own token key, plus any other keys. The state lives in
     ``state_dir`` (by default ``state`` next to the config); ``metrics=None`` disables
-    the metrics server."""
+    the metrics server; ``runner_extra`` adds ``[runner]`` keys."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [
         "[runner]",
