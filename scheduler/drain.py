@@ -52,7 +52,7 @@ def waiting_lines(loops: Mapping[str, ConnectionLoop]) -> list[str]:
             else:
                 parts.append("the answer to its FetchTask in flight")
         if parts:
-            up = {None: "not yet up", True: "up", False: f"down: {stats.last_error}"}[stats.up]
+            up = {None: "not yet up", True: "up", False: "down"}[stats.up]
             out.append(f"connection {name} ({up}): waiting for " + ", ".join(parts))
     return out
 
