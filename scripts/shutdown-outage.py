@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -34,10 +35,14 @@ sys.path.insert(0, str(ROOT))
 from scheduler.sim import Simulator  # noqa: E402
 
 
-async def wait_until(what: str, probe: object, within: float = 60) -> None:
-    with trio.fail_after(within):
-        while not probe():  # type: ignore[operator]
-            await trio.sleep(0.05)
+async def wait_until(what: str, probe: Callable[[], bool], within: float = 60) -> None:
+    """Poll ``probe`` until it holds; TooSlowError (naming ``what``) after ``within`` s."""
+    try:
+        with trio.fail_after(within):
+            while not probe():  # noqa: ASYNC110 (the simulator's state has no event)
+                await trio.sleep(0.05)
+    except trio.TooSlowError:
+        raise SystemExit(f"gave up waiting for {what}") from None
 
 
 async def one_case(tree: Path, running: int, job_seconds: float, cap: float) -> dict[str, object]:
@@ -48,7 +53,7 @@ async def one_case(tree: Path, running: int, job_seconds: float, cap: float) -> 
         async with trio.open_nursery() as nursery:
             sim_scope = trio.CancelScope()
 
-            async def serve(*, task_status: trio.TaskStatus[object]) -> None:
+            async def serve(*, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
                 with sim_scope:
                     await sim.serve("127.0.0.1", 0, task_status=task_status)
 
@@ -58,7 +63,7 @@ async def one_case(tree: Path, running: int, job_seconds: float, cap: float) -> 
             for _ in range(running):
                 sim.instances["a"].add_job(duration=job_seconds)
             with log_path.open("wb") as log:
-                proc = subprocess.Popen(
+                proc = await trio.lowlevel.open_process(
                     [sys.executable, "-m", "scheduler", "run", "--config", str(config)],
                     cwd=tree, stdout=log, stderr=subprocess.STDOUT,
                     env={**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"},
@@ -76,12 +81,11 @@ async def one_case(tree: Path, running: int, job_seconds: float, cap: float) -> 
             proc.send_signal(signal.SIGTERM)
             code: int | None = None
             with trio.move_on_after(cap):
-                while (code := proc.poll()) is None:
-                    await trio.sleep(0.05)
+                code = await proc.wait()
             took = trio.current_time() - t0
             if code is None:
                 proc.kill()
-                proc.wait()
+                await proc.wait()
             nursery.cancel_scope.cancel()
         text = log_path.read_text(errors="replace")
         if os.environ.get("SHUTDOWN_OUTAGE_LOG"):

@@ -248,6 +248,7 @@ async def test_drain_keeps_retrying_an_unresolved_key(
         assert service.phase == "draining"
         sim.instances["a"].set_faults(FaultPlan())
         await wait_for(lambda: service.phase == "stopped")
+    assert service.stop_report is not None and service.stop_report.clean  # exit status 0
     assert ex.executed == list(sim.instances["a"].tasks)
     snap = sim.ledger.statistics()
     assert_no_loss(sim)

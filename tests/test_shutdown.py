@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from scheduler.drain import EXIT_NOT_ACKNOWLEDGED
+from scheduler.drain import EXIT_NOT_ACKNOWLEDGED, StopReport
 from scheduler.keys import KeyStore
 from scheduler.service import Service
 from scheduler.sim import FaultPlan, InstanceSpec
@@ -148,3 +148,14 @@ async def test_a_clean_stop_says_so_and_exits_0(
         "during the shutdown); no request key left unresolved"]
     progress = waiting(caplog)
     assert len(progress) == 2 and "waiting for 2 running task(s)" in progress[0], progress
+
+
+def test_the_last_line_names_every_loose_end() -> None:
+    report = StopReport(acknowledged={"a": (3,)}, unacknowledged={"a": (12, 13), "b": (4,)},
+                        unresolved_keys=("c",))
+    assert report.line() == (
+        "stopped: 1 final result(s) acknowledged; 3 final result(s) NOT acknowledged by a "
+        "(task 12, 13); by b (task 4); 1 request key(s) left unresolved for the next start "
+        "(c); exit status 3")
+    assert report.exit_status == EXIT_NOT_ACKNOWLEDGED == 3
+    assert StopReport(acknowledged={}, unacknowledged={}, unresolved_keys=()).exit_status == 0
