@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the daemon",
         description="SIGTERM/SIGINT/SIGQUIT: drain (no new tasks, running ones finish within "
-        "shutdown_timeout) and exit 0; a second one cancels running tasks at once. "
+        "shutdown_timeout) and exit 0, or 3 if a final result was not acknowledged or a "
+        "request key is left unresolved; a second one cancels running tasks at once. "
         "SIGHUP: reload the config file.",
     )
     run.add_argument("--config", "-c", type=Path, default=Path("config.toml"),
@@ -164,7 +165,9 @@ def run_daemon(
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    return 0
+    # 0 only when every final report was acknowledged and no request key is left
+    # unresolved; otherwise EXIT_NOT_ACKNOWLEDGED (3), see scheduler.drain.
+    return service.stop_report.exit_status if service.stop_report is not None else 0
 
 
 async def handle_signals(service: Service, path: Path, reload: Callable[[], None]) -> None:

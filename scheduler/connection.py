@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import random
 
 import attrs
@@ -36,7 +37,7 @@ import trio
 
 from scheduler import __version__, logcontext
 from scheduler.config import ConnectionSettings, RunnerSettings
-from scheduler.errors import ConnectError, PoolClosed, RpcError
+from scheduler.errors import ConnectError, PoolClosed, RpcError, RpcTimeout
 from scheduler.executor import Executor
 from scheduler.executor.labels import plan_labels
 from scheduler.fetch import (
@@ -53,10 +54,12 @@ from scheduler.fetch import (
     classify,
     jittered,
 )
+from scheduler.health import Health, ObservedClient
 from scheduler.keys import KeyStore, PendingFetch
 from scheduler.metrics import ConnectionMetrics, Metrics
 from scheduler.pool import SlotPool
 from scheduler.protocol import FetchTaskResponse, Result, RunnerClient, Task
+from scheduler.task.final import FinalReports
 from scheduler.task.lifecycle import ORPHAN_REASON, reject_task, run_task, settle_orphan
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,7 @@ class ConnectionStatistics:
     pending: PendingFetch | None  # the request key in flight or in doubt
     attempts: int  # sends of that key
     unresolved: bool  # its outcome is unknown
+    unresolved_for: float | None  # seconds since its outcome became unknown
     tasks_version: int
     stopping: bool
 
@@ -91,8 +95,9 @@ class ConnectionStatistics:
 class ConnectionLoop:
     """One connection's fetch loop: Declare, wait for slots, FetchTask, start tasks.
 
-    It owns the connection's phase, health (``up``, ``last_error``) and
-    ``tasks_version``; the pending request key belongs to ``store``, the slots to
+    It owns the connection's phase, health (:class:`~scheduler.health.Health`: ``up``,
+    ``last_error``), its tasks' final reports (:class:`~scheduler.task.final.FinalReports`)
+    and ``tasks_version``; the pending request key belongs to ``store``, the slots to
     ``pool``. The service steers it only through :meth:`stop` and :meth:`retune`
     and reads it through :meth:`statistics`.
     """
@@ -106,18 +111,35 @@ class ConnectionLoop:
     metrics: Metrics
     rng: random.Random
     phase: Phase = Phase.STARTING
-    up: bool | None = None
     declared: bool = False
     tasks_version: int = 0
     doubt: KeyDoubt = attrs.field(factory=KeyDoubt)
-    last_error: str = ""
     redeclare: bool = False  # labels changed by a reload: Declare again before the next fetch
+    #: Since when (trio time) the pending key's outcome has been unknown.
+    unresolved_since: float | None = None
     _stopping: trio.Event = attrs.field(init=False, factory=trio.Event)
     _resolve_deadline: float = attrs.field(init=False, default=float("inf"))
+    #: The exchange in flight (a FetchTask or a Declare), cut short by the stop.
+    _exchange: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
     m: ConnectionMetrics = attrs.field(init=False)
+    health: Health = attrs.field(init=False)
+    reports: FinalReports = attrs.field(init=False)
+    #: The client tasks report through: UpdateTask/UpdateLog count in ``health``.
+    reporting: ObservedClient = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.m = self.metrics.connection(self.name)
+        self.health = Health(self.name, self.settings.url, self.m.up)
+        self.reports = FinalReports(timeout=self.runner.shutdown_report_timeout)
+        self.reporting = ObservedClient(self.client, self.health)
+
+    @property
+    def up(self) -> bool | None:
+        return self.health.up
+
+    @property
+    def last_error(self) -> str:
+        return self.health.last_error
 
     def __repr__(self) -> str:
         pending = self.pending
@@ -141,9 +163,14 @@ class ConnectionLoop:
     # --- control (from the service) ---------------------------------------------------
 
     def stop(self, deadline: float) -> None:
-        """No new fetches; an unresolved key is still retried until ``deadline`` (trio time)."""
+        """No new fetches; an unresolved key is still retried until ``deadline`` (trio
+        time), and a FetchTask still in flight then is cut short (its key stays on disk)."""
         self._resolve_deadline = deadline
         self._stopping.set()
+        if self.pending is None:
+            self._exchange.cancel()  # a Declare probe: nothing to resolve
+        else:
+            self._exchange.deadline = min(self._exchange.deadline, deadline)
 
     def retune(
         self, settings: ConnectionSettings, runner: RunnerSettings, *, relabel: bool = False
@@ -163,6 +190,8 @@ class ConnectionLoop:
             pending=self.pending,
             attempts=self.doubt.attempts,
             unresolved=self.doubt.unresolved,
+            unresolved_for=(None if self.unresolved_since is None
+                            else trio.current_time() - self.unresolved_since),
             tasks_version=self.tasks_version,
             stopping=self._stopping.is_set(),
         )
@@ -245,18 +274,28 @@ class ConnectionLoop:
             self.m.request_keys_reused.inc()
         self.doubt.attempts += 1
         started = trio.current_time()
+        resp: FetchTaskResponse | None = None
         try:
-            resp = await self.client.fetch_task(
-                tasks_version=pending.tasks_version,
-                task_capacity=pending.task_capacity,
-                request_key=pending.key,
-            )
+            with self._open_exchange():
+                resp = await self.client.fetch_task(
+                    tasks_version=pending.tasks_version,
+                    task_capacity=pending.task_capacity,
+                    request_key=pending.key,
+                )
+            if resp is None:  # cut short by the shutdown's bound: the outcome is unknown
+                raise RpcTimeout("FetchTask: cut short by the shutdown (shutdown_resolve_timeout)")
         except RpcError as exc:
             self.m.fetch_duration.observe(trio.current_time() - started)
             self.m.fetch_requests[classify(exc)].inc()
             return Unresolved(exc) if exc.outcome_unknown else Refused(exc)
         self.m.fetch_duration.observe(trio.current_time() - started)
         return Answered(resp)
+
+    def _open_exchange(self) -> trio.CancelScope:
+        """The scope of the next FetchTask or Declare; a stop cuts it short (see stop)."""
+        deadline = self._resolve_deadline if self._stopping.is_set() else math.inf
+        self._exchange = trio.CancelScope(deadline=deadline)
+        return self._exchange
 
     def _answered(
         self, pending: PendingFetch, resp: FetchTaskResponse, tasks: trio.Nursery
@@ -272,7 +311,7 @@ class ConnectionLoop:
                 "connection %s: request key resolved after %d attempts: %d task(s)",
                 self.name, self.doubt.attempts, n,
             )
-        self._mark_up(True, "")
+        self.health.succeeded()
         self.doubt.logged = None
         self._set_unresolved(False)
         # Record the tasks and forget the key in one atomic write, before anything runs.
@@ -310,7 +349,7 @@ class ConnectionLoop:
                 "%d reserved slot(s), retrying",
                 self.name, exc, pending.task_capacity,
             )
-        self.last_error = str(exc)
+        self.health.failed(str(exc))
         self.pool.forfeit(self.name)
 
     def _refused(self, exc: RpcError) -> None:
@@ -319,7 +358,9 @@ class ConnectionLoop:
         self._set_unresolved(False)
         self.pool.release(self.name)
         self.store.clear_pending()
-        self._mark_up(False, str(exc))
+        self.health.failed(str(exc), at_once=True)
+        # Out of the entitlement computation until Declare works, so others may borrow more.
+        self.pool.set_active(self.name, False)
 
     def _set_unresolved(self, unresolved: bool) -> None:
         """Export since when the current key has been unresolved (alerting on its age)."""
@@ -327,8 +368,10 @@ class ConnectionLoop:
             return  # only the first doubt about a key starts the clock
         self.doubt.unresolved = unresolved
         if unresolved:
+            self.unresolved_since = trio.current_time()
             self.m.request_key_unresolved_since.set_to_current_time()
         else:
+            self.unresolved_since = None
             self.m.request_key_unresolved_since.set(0)
 
     # --- declare / down -------------------------------------------------------------
@@ -350,8 +393,10 @@ class ConnectionLoop:
                 if self._stopping.is_set():
                     return
             attempt += 1
+            runner = None
             try:
-                runner = await self.client.declare(__version__, self.label_names)
+                with self._open_exchange():
+                    runner = await self.client.declare(__version__, self.label_names)
             except ConnectError as exc:
                 if exc.code == "unimplemented":
                     log.info("connection %s: server has no Declare (old Forgejo); skipping",
@@ -359,24 +404,33 @@ class ConnectionLoop:
                     self._declared_ok()
                     return
                 refused = not exc.outcome_unknown
-                self._mark_up(False, f"Declare: {exc}")
+                self._declare_failed(f"Declare: {exc}", refused=refused)
                 continue
             except RpcError as exc:
                 refused = False
-                self._mark_up(False, f"Declare: {exc}")
+                self._declare_failed(f"Declare: {exc}", refused=False)
                 continue
+            if runner is None:  # cut short by the stop
+                return
             if runner.ephemeral:
                 refused = True
-                self._mark_up(False, "the server says this runner is ephemeral; a daemon "
-                              "cannot serve an ephemeral registration")
+                self._declare_failed("the server says this runner is ephemeral; a daemon "
+                                     "cannot serve an ephemeral registration", refused=True)
                 continue
             self._declared_ok()
             return
 
+    def _declare_failed(self, reason: str, *, refused: bool) -> None:
+        self.health.failed(reason, at_once=refused)
+        if self.pending is None:
+            # Out of the entitlement computation while not declared, so others may borrow
+            # more. Not with a pending key: its reservation and retry go on regardless.
+            self.pool.set_active(self.name, False)
+
     def _declared_ok(self) -> None:
         self.declared = True
         self.pool.set_active(self.name, True)
-        self._mark_up(True, "")
+        self.health.succeeded()
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -385,27 +439,13 @@ class ConnectionLoop:
         in a warning at start and reload)."""
         return plan_labels(self.settings.labels).names
 
-    def _mark_up(self, up: bool, reason: str) -> None:
-        if up != self.up:
-            if up:
-                log.info("connection %s: up (%s)", self.name, self.settings.url)
-            else:
-                log.warning("connection %s: down: %s", self.name, reason)
-            self.up = up
-            self.m.up.set(1 if up else 0)
-            if not up and self.pending is None:
-                # Out of the entitlement computation while down, so others may borrow more.
-                self.pool.set_active(self.name, False)
-        self.last_error = reason
-
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake early when the service starts shutting down."""
         with trio.move_on_after(seconds):
+            await self._stopping.wait()
             if self.pending is not None:
-                # An unresolved key is retried through shutdown; only its backoff is cut short.
-                await trio.sleep(seconds)
-            else:
-                await self._stopping.wait()
+                # An unresolved key is retried through the shutdown, until its bound.
+                await trio.sleep_until(self._resolve_deadline)
 
     # --- tasks ----------------------------------------------------------------------
 
@@ -413,9 +453,11 @@ class ConnectionLoop:
         self.m.tasks_running.inc()
         try:
             outcome = await run_task(
-                self.client, task, self.executor,
+                self.reporting, task, self.executor,
                 report_interval=self.runner.report_interval, connection=self.name,
                 max_run_time=self.settings.job_timeout,
+                shutdown_report_timeout=self.runner.shutdown_report_timeout,
+                reports=self.reports,
             )
             result = outcome.result.name.lower() if outcome.result.is_final else "unknown"
             self.m.tasks_finished[result].inc()
@@ -431,21 +473,28 @@ class ConnectionLoop:
         log.warning(
             "connection %s: task %d: %s; reporting it failed", self.name, task_id, ORPHAN_REASON
         )
+        settled = False
+        result = None
         try:
-            result = await settle_orphan(self.client, task_id, rng=self.rng)
+            with self.reports.send(task_id):  # a shutdown bounds it
+                result = await settle_orphan(self.reporting, task_id, rng=self.rng)
+                settled = True
             if result is Result.FAILURE:
                 self.m.tasks_finished["failure"].inc()
             elif result is not None:
                 log.info("connection %s: task %d had already ended (%s)",
                          self.name, task_id, result.name.lower())
         finally:
-            self.store.task_done(task_id)
+            self.reports.ended(task_id, result is not None)
+            if settled:  # else cut short by a shutdown: the next start settles it
+                self.store.task_done(task_id)
             if holds_slot:
                 self.pool.finish(self.name)
 
     async def _reject_task(self, task: Task, reason: str) -> None:
         try:
-            await reject_task(self.client, task, reason, connection=self.name)
+            await reject_task(self.reporting, task, reason, connection=self.name,
+                              reports=self.reports)
             self.m.tasks_finished["failure"].inc()
         finally:
             self.store.task_done(task.id)

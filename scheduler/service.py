@@ -6,9 +6,14 @@ Lifecycle::
             request keys and count tasks left running by a dead process, all before
             the first grant; serve /metrics; start one loop per connection.
     stop:   (request_stop, e.g. SIGTERM) no more grants; loops without an unresolved
-            key end at once; unresolved keys keep being retried for a bounded time
-            (their tasks may already be assigned); running tasks finish, for at most
-            ``shutdown_timeout``, then are cancelled and reported cancelled.
+            key end at once; unresolved keys keep being retried for at most
+            ``shutdown_resolve_timeout`` (their tasks may already be assigned; a key
+            left then stays on disk for the next start); running tasks finish, for at
+            most ``shutdown_timeout``, then are cancelled and reported cancelled; every
+            final report during the stop takes at most ``shutdown_report_timeout``.
+            Every 10 s a line per connection says what the stop still waits for; the
+            last line (:class:`~scheduler.drain.StopReport`) says what was and was not
+            acknowledged.
     abort:  (a second SIGTERM) cancel running tasks now; they are still reported.
 """
 
@@ -25,6 +30,7 @@ import trio
 from scheduler import __version__
 from scheduler.config import Config, ConnectionSettings, config_warnings, load_config
 from scheduler.connection import ConnectionLoop, ConnectionStatistics
+from scheduler.drain import PROGRESS_EVERY, StopReport, waiting_lines
 from scheduler.errors import ConfigError
 from scheduler.executor import Executor
 from scheduler.executor.host import HostExecutor
@@ -117,8 +123,11 @@ class Service:
         #: Where /metrics and the health endpoints listen, once :meth:`run` serves them.
         self.metrics_address: tuple[str, int] | None = None
         self._stop = trio.Event()
-        self._drain_deadline = float("inf")
+        self._drain_started: float | None = None
+        self._resolve_deadline = float("inf")
         self._conns: trio.Nursery | None = None
+        #: What the shutdown came to, once stopped (the exit status of ``run``).
+        self.stop_report: StopReport | None = None
 
     def __repr__(self) -> str:
         return (
@@ -142,14 +151,19 @@ class Service:
     def request_stop(self) -> None:
         """Graceful: drain (see module docstring). Safe to call more than once."""
         if not self._stop.is_set():
-            log.info("shutting down: no new tasks; waiting for running tasks "
-                     "(at most %gs)", self.config.runner.shutdown_timeout)
+            r = self.config.runner
+            log.info("shutting down: no new tasks; running tasks may finish for %gs, "
+                     "unresolved request keys are retried for %gs, final reports may take "
+                     "%gs", r.shutdown_timeout, r.shutdown_resolve_timeout,
+                     r.shutdown_report_timeout)
         self._stop.set()
+        self._enter_drain()
 
     def abort(self) -> None:
         """Cancel running tasks now (they are still reported to their servers)."""
         log.warning("cancelling every running task now")
         self._stop.set()
+        self._enter_drain()  # their reports are bounded before they are cancelled
         self._cancel_tasks()
 
     def _cancel_tasks(self) -> None:
@@ -222,6 +236,7 @@ class Service:
         entry.removing = True
         self.pool.close_connection(name)
         if entry.loop is not None:
+            # Not a shutdown: its unresolved key may take as long as its tasks.
             entry.loop.stop(trio.current_time() + self.config.runner.shutdown_timeout)
 
     def _forget_connection(self, name: str) -> None:
@@ -307,22 +322,48 @@ class Service:
                 self._conns = conns
                 for c in self.config.connections:
                     conns.start_soon(self._connection_main, c, name=f"connection-{c.name}")
-                self.phase = "running"
+                if self._drain_started is None:
+                    self.phase = "running"
                 task_status.started(Started(address))
                 await self._stop.wait()
-                self.phase = "draining"
-                self._begin_drain(root)
+                self._enter_drain()
+                assert self._drain_started is not None
+                root.start_soon(self._shutdown_watchdog,
+                                self._drain_started + self.config.runner.shutdown_timeout)
+                root.start_soon(self._drain_progress)
             self.phase = "stopped"
-            log.info("stopped: every task is finished and reported")
+            self.stop_report = StopReport.of(self.loops)
+            if self.stop_report.clean:
+                log.info("%s", self.stop_report.line())
+            else:
+                log.error("%s", self.stop_report.line())
             root.cancel_scope.cancel()
 
-    def _begin_drain(self, root: trio.Nursery) -> None:
+    def _enter_drain(self) -> None:
+        """The stop's bookkeeping, at once and once: no grants, loops told their bound,
+        final reports bounded. The watchdog and the progress lines start in ``run``."""
+        if self._drain_started is not None:
+            return
+        self.phase = "draining"
         self.pool.close()
         runner = self.config.runner
-        self._drain_deadline = trio.current_time() + runner.shutdown_timeout
+        self._drain_started = trio.current_time()
+        self._resolve_deadline = self._drain_started + runner.shutdown_resolve_timeout
         for loop in self.loops.values():
-            loop.stop(self._drain_deadline)
-        root.start_soon(self._shutdown_watchdog, self._drain_deadline)
+            self._stop_loop(loop)
+
+    def _stop_loop(self, loop: ConnectionLoop) -> None:
+        loop.stop(self._resolve_deadline)
+        loop.reports.drain(self.config.runner.shutdown_report_timeout)
+
+    async def _drain_progress(self) -> None:
+        """Every PROGRESS_EVERY seconds: what the stop still waits for, per connection."""
+        assert self._drain_started is not None
+        while True:
+            await trio.sleep(PROGRESS_EVERY)
+            waited = trio.current_time() - self._drain_started
+            for line in waiting_lines(self.loops):
+                log.info("shutting down for %.0fs: %s", waited, line)
 
     async def _shutdown_watchdog(self, deadline: float) -> None:
         await trio.sleep_until(deadline)
@@ -352,7 +393,7 @@ class Service:
             log.info("%s", connection_summary(loop, self.executor, self.ledger.capacity),
                      extra={"connection": name})
             if self._stop.is_set():  # stopped before this loop got going
-                loop.stop(self._drain_deadline)
+                self._stop_loop(loop)
             async with trio.open_nursery() as tasks:
                 entry.tasks = tasks.cancel_scope
                 orphans, entry.orphans = entry.orphans, []

@@ -8,8 +8,9 @@ virtual minutes and checks four things:
   server's side when no FetchTask gets that far);
 * **a metric**: ``fetch_requests_total{outcome=...}`` (or ``connection_up`` when the
   connection never gets past Declare) counts what happened;
-* **one log line per state change**: "down" once and "up" once when the server heals,
-  however many probes there were in between;
+* **one log line per state change**: "down" once (after three failed exchanges in a
+  row, or at once when refused) and "up" once when the server heals, however many
+  probes there were in between; ``connection_up`` follows;
 * **the other connection keeps its pickup latency**: a job queued on the healthy
   instance is picked up within one fetch interval (1 s ± 10 %), as with no bad server.
 
@@ -153,7 +154,8 @@ async def test_five_bad_fetch_answers_at_once_are_bounded_counted_logged_and_iso
                 assert attempts >= 3, (name, attempts)
                 # Each exchange ended by the 30 s timeout, whatever the server did.
                 assert max(timed[name].held_for) <= FETCH_TIMEOUT + 0.01, name
-                assert metric(w.service, "connection_up", connection=name) == 1, name
+                # Three failed exchanges in a row: down, whatever the key's fate.
+                assert metric(w.service, "connection_up", connection=name) == 0, name
             for fake in fakes.values():
                 fake.fetch = None  # the servers heal
             await wait_for(lambda: all(w.service.loops[n].pending is None for n in fakes),
@@ -164,7 +166,10 @@ async def test_five_bad_fetch_answers_at_once_are_bounded_counted_logged_and_iso
         assert len(warnings) == 1 and says in warnings[0], (name, warnings)
         resolved = lines(caplog, f"connection {name}: request key resolved", logging.INFO)
         assert len(resolved) == 1, name
-        assert not lines(caplog, f"connection {name}: down"), name
+        down = lines(caplog, f"connection {name}: down")
+        assert len(down) == 1 and says in down[0], (name, down)
+        # Up once at the first Declare, once when it healed.
+        assert len(lines(caplog, f"connection {name}: up", logging.INFO)) == 2, name
     assert max(latencies) <= PICKUP, latencies
 
 
@@ -228,7 +233,8 @@ async def test_unreachable_servers_black_holed_or_refusing_for_minutes(
     * ``refused`` refuses connections for three minutes from the start: down once,
       then up once when it listens again;
     * ``gone`` declares, then refuses for three minutes: its FetchTask fails at once
-      (no wait), the key and its slot are kept, the key resolves when it is back.
+      (no wait), the key and its slot are kept, the key resolves when it is back; it
+      is down after three failures and up again when the key resolves.
     """
     caplog.set_level(logging.INFO, logger="scheduler")
     hole, refused, gone = BlackHole(), FakeForgejo(uuid="uuid-r"), FakeForgejo(uuid="uuid-g")
@@ -261,6 +267,7 @@ async def test_unreachable_servers_black_holed_or_refusing_for_minutes(
             assert fetches(service, "error", "gone") >= 5
             assert service.loops["gone"].pending is not None
             assert service.ledger.reserved("gone") >= 1
+            assert metric(service, "connection_up", connection="gone") == 0
             await servers.start(partial(serve_raw, refused.handle, port=refused_port))
             await servers.start(partial(serve_raw, gone.handle, port=gone_port))
             await wait_for(lambda: service.loops["gone"].pending is None and metric(
@@ -279,7 +286,9 @@ async def test_unreachable_servers_black_holed_or_refusing_for_minutes(
     unknown = lines(caplog, "connection gone: FetchTask outcome unknown")
     assert len(unknown) == 1 and "Connection refused" in unknown[0], unknown
     assert len(lines(caplog, "connection gone: request key resolved", logging.INFO)) == 1
-    assert not lines(caplog, "connection gone: down")
+    down = lines(caplog, "connection gone: down")
+    assert len(down) == 1 and "Connection refused" in down[0], down
+    assert len(lines(caplog, "connection gone: up", logging.INFO)) == 2  # declared, back
     assert max(latencies) <= PICKUP, latencies
 
 

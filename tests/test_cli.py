@@ -125,3 +125,27 @@ async def test_second_sigterm_cancels_running_tasks_and_reports_them(tmp_path: P
         code = await daemon.wait(within=30)
     assert code == 0
     assert sim.ledger.statistics().results == {"RESULT_CANCELLED": 1}
+
+
+async def test_a_stop_that_leaves_a_result_unacknowledged_exits_3_and_names_it(
+    tmp_path: Path,
+) -> None:
+    """Forgejo stops acknowledging reports while a task runs; SIGTERM: the task ends, its
+    final report gets shutdown_report_timeout (1 s here), the last line names it and the
+    exit status is 3 (scheduler.drain.EXIT_NOT_ACKNOWLEDGED)."""
+    bounds = {"shutdown_report_timeout": "1s", "shutdown_resolve_timeout": "1s"}
+    async with daemon_world(tmp_path, ["a"], seed=5, capacity=1, fetch_interval=0.2,
+                            runner_extra=bounds) as w:
+        sim = w.sim
+        sim.instances["a"].add_job(duration=2)
+        daemon = await w.start()
+        with trio.fail_after(30):
+            while not any(t.updates for t in sim.instances["a"].tasks.values()):
+                await trio.sleep(0.05)
+        sim.instances["a"].set_faults(FaultPlan(fail_update_log=1.0, fail_update_task=1.0))
+        daemon.signal(signal.SIGTERM)
+        code = await daemon.wait(within=30)
+    (task_id,) = sim.instances["a"].tasks
+    assert code == 3, daemon.log.decode()[-2000:]
+    assert (f"1 final result(s) NOT acknowledged by a (task {task_id}); exit status 3"
+            in daemon.log.decode())

@@ -107,6 +107,9 @@ def test_connection_overrides_and_durations(tmp_path: Path) -> None:
     assert cfg.runner.fetch_interval == 90.0
     assert cfg.runner.fetch_timeout == 45.0
     assert cfg.runner.shutdown_timeout == 0.0  # zero is allowed: cancel at once
+    d["runner"].update(shutdown_resolve_timeout="0s", shutdown_report_timeout="1m")
+    runner = parse(d, tmp_path).runner
+    assert (runner.shutdown_resolve_timeout, runner.shutdown_report_timeout) == (0.0, 60.0)
     c = cfg.connections[0]
     assert (c.labels, c.weight, c.min_slots, c.max_slots) == (("bookworm:host",), 2.5, 1, 3)
     assert c.fetch_interval == 0.5
@@ -284,6 +287,16 @@ ERRORS: list[tuple[str, Mutation, str]] = [
         "shutdown-garbage",
         lambda d: d["runner"].update(shutdown_timeout="10 minutes"),
         "runner.shutdown_timeout: missing unit after 10",
+    ),
+    (
+        "shutdown-report-zero",
+        lambda d: d["runner"].update(shutdown_report_timeout="0s"),
+        'runner.shutdown_report_timeout: expected a duration greater than 0, got a string ("0s")',
+    ),
+    (
+        "shutdown-resolve-negative",
+        lambda d: d["runner"].update(shutdown_resolve_timeout=-1),
+        "runner.shutdown_resolve_timeout: expected a non-negative duration, got an integer (-1)",
     ),
     (
         "state-dir-type",
@@ -880,6 +893,8 @@ def test_render_fills_defaults_redacts_tokens_and_parses_as_toml(tmp_path: Path)
         "fetch_timeout": "30s",
         "report_interval": "1s",
         "shutdown_timeout": "10m",
+        "shutdown_resolve_timeout": "30s",
+        "shutdown_report_timeout": "30s",
         "state_dir": str(tmp_path / "state"),
         "labels": ["debian:host"],
         "job_timeout": "3h",

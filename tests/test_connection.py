@@ -3,6 +3,7 @@ statistics() and repr, and the outcome labels of failed fetches."""
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,11 +26,13 @@ from scheduler.errors import (
 )
 from scheduler.executor import Executor
 from scheduler.fetch import classify
+from scheduler.health import DOWN_AFTER, Health, ObservedClient
 from scheduler.keys import KeyStore, PendingFetch
 from scheduler.metrics import Metrics
 from scheduler.pool import SlotPool
-from scheduler.protocol import FetchTaskResponse, Runner, RunnerClient
+from scheduler.protocol import FetchTaskResponse, Runner, RunnerClient, TaskState
 from scheduler.slots import SlotLedger
+from tests.support.logs import lines
 
 
 class ScriptedClient:
@@ -150,7 +153,7 @@ async def test_retune_changes_settings_and_asks_for_a_new_declare(tmp_path: Path
 def test_repr_shows_name_phase_health_and_key(tmp_path: Path) -> None:
     loop = make_loop(tmp_path, ScriptedClient())
     assert repr(loop) == "<ConnectionLoop home starting ?>"
-    loop.up, loop.phase = False, Phase.UNRESOLVED
+    loop.health.up, loop.phase = False, Phase.UNRESOLVED
     key = PendingFetch.new(2, 0)
     loop.store.set_pending(key)
     loop.doubt.attempts, loop.doubt.unresolved = 3, True
@@ -176,3 +179,57 @@ def test_repr_shows_name_phase_health_and_key(tmp_path: Path) -> None:
 )
 def test_classify_by_type(exc: RpcError, label: str) -> None:
     assert classify(exc) == label
+
+
+async def test_down_after_three_failed_exchanges_and_up_again_one_line_each(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Health follows the exchanges, the fetch rules do not: the key stays the same and
+    keeps its reservation while the connection is down."""
+    caplog.set_level(logging.INFO, logger="scheduler")
+    client = ScriptedClient()
+    async with running(make_loop(tmp_path, client)) as loop:
+        assert loop.up is True  # Declare worked
+        gauge = loop.metrics.connection("home").up
+        for n in range(1, DOWN_AFTER + 2):
+            await step(client, TransportBroken("FetchTask: ConnectError: refused"))
+            assert loop.up is (n < DOWN_AFTER), n
+            assert gauge._value.get() == (1 if n < DOWN_AFTER else 0), n
+            await trio.sleep(120)  # past the backoff: the same key goes out again
+        assert len({f[0] for f in client.fetches}) == 1  # one key throughout
+        assert loop.pool.statistics().slots.connections["home"].reserved == 2
+        assert loop.statistics().last_error == "transport: FetchTask: ConnectError: refused"
+        await step(client, FetchTaskResponse(tasks=(), tasks_version=1))
+        assert loop.up is True and loop.pending is None
+    down = lines(caplog, "connection home: down")
+    assert down == ["connection home: down: transport: FetchTask: ConnectError: refused "
+                    "(3 exchanges failed in a row)"]
+    assert len(lines(caplog, "connection home: up", logging.INFO)) == 2  # Declare, back
+
+
+async def test_task_reports_count_as_exchanges(autojump_clock: trio.testing.MockClock) -> None:
+    """UpdateTask/UpdateLog through ObservedClient: failures count, a definite answer
+    (the log was archived) is the server working."""
+    metrics = Metrics(capacity=1, connections=["home"], version="0")
+    health = Health("home", "http://forgejo.invalid", metrics.connection("home").up)
+    health.succeeded()
+
+    class Failing:
+        async def update_task(self, state: TaskState, outputs: object = None) -> object:
+            raise RpcTimeout("UpdateTask: no answer within 30s")
+
+        async def update_log(self, task_id: int, index: int, rows: object, no_more: bool) -> int:
+            raise ConnectError("already_exists", "log file has been archived")
+
+    client = ObservedClient(cast(RunnerClient, Failing()), health)
+    for _ in range(DOWN_AFTER - 1):
+        with pytest.raises(RpcTimeout):
+            await client.update_task(TaskState(id=1))
+    with pytest.raises(ConnectError):
+        await client.update_log(1, 0, (), True)
+    assert health.up is True and health.failures == 0
+    for _ in range(DOWN_AFTER):
+        with pytest.raises(RpcTimeout):
+            await client.update_task(TaskState(id=1))
+    assert health.up is False
+    assert health.last_error == "timeout: UpdateTask: no answer within 30s"

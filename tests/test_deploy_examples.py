@@ -22,12 +22,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import attrs
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
-from scheduler.config import Config, parse_config
+from scheduler.config import Config, RunnerSettings, parse_config
 from scheduler.durations import parse_duration
 from scheduler.sim.cli import add_arguments as sim_arguments
 from scheduler.task.lifecycle import SHUTDOWN_REPORT_TIMEOUT
@@ -68,11 +69,24 @@ def compose_seconds(text: str) -> float:
     return parse_duration(text, where="compose")
 
 
-def outwaits_the_drain(grace: float, shutdown_timeout: float) -> bool:
-    """The engine's stop timeout covers the drain, the final report of the tasks it
-    cancels (bounded by SHUTDOWN_REPORT_TIMEOUT, all of it when Forgejo does not
-    answer) and a margin: the podman-compose check of compose.sim.yaml ran into this."""
-    return grace >= shutdown_timeout + SHUTDOWN_REPORT_TIMEOUT + 5
+def outwaits_the_drain(grace: float, runner: RunnerSettings) -> bool:
+    """The engine's stop timeout covers the longest stop (scheduler.service): running
+    tasks for shutdown_timeout, then the final reports of the tasks it cancels for
+    shutdown_report_timeout (all of it when Forgejo does not answer), or the unresolved
+    keys' shutdown_resolve_timeout if that is longer, plus a margin: the podman-compose
+    check of compose.sim.yaml ran into this."""
+    longest = max(runner.shutdown_resolve_timeout,
+                  runner.shutdown_timeout + runner.shutdown_report_timeout)
+    return grace >= longest + 5
+
+
+def test_outwaits_the_drain_counts_every_bound() -> None:
+    runner = RunnerSettings(capacity=1, state_dir=Path("state"), shutdown_timeout=300)
+    assert outwaits_the_drain(335, runner) and not outwaits_the_drain(334, runner)
+    slow_reports = attrs.evolve(runner, shutdown_report_timeout=SHUTDOWN_REPORT_TIMEOUT + 60)
+    assert not outwaits_the_drain(335, slow_reports)
+    long_keys = attrs.evolve(runner, shutdown_resolve_timeout=600)
+    assert not outwaits_the_drain(335, long_keys) and outwaits_the_drain(605, long_keys)
 
 
 def listen_port(config: Config) -> int:
@@ -183,9 +197,7 @@ def test_compose_scheduler_matches_its_config(tmp_path: Path) -> None:
     # state_dir is the named volume.
     assert by_target[str(config.runner.state_dir)][0] in compose("compose.yaml")["volumes"]
     # Docker waits longer than the service's drain.
-    assert outwaits_the_drain(
-        compose_seconds(service["stop_grace_period"]), config.runner.shutdown_timeout
-    )
+    assert outwaits_the_drain(compose_seconds(service["stop_grace_period"]), config.runner)
     port = listen_port(config)
     assert f"127.0.0.1:{port}/healthz" in " ".join(service["healthcheck"]["test"])
     assert service["ports"] == [f"127.0.0.1:{port}:{port}"]
@@ -219,9 +231,10 @@ def test_compose_sim_wiring() -> None:
     port = int(args.metrics_listen.rpartition(":")[2])
     assert args.metrics_listen.startswith("0.0.0.0:")
     assert scheduler["ports"] == [f"127.0.0.1:{port}:{port}"]
-    assert outwaits_the_drain(
-        compose_seconds(scheduler["stop_grace_period"]), compose_seconds(args.shutdown_timeout)
-    )
+    # The config the sim writes has the default shutdown_resolve/report_timeout.
+    runner = RunnerSettings(capacity=1, state_dir=Path("state"),
+                            shutdown_timeout=compose_seconds(args.shutdown_timeout))
+    assert outwaits_the_drain(compose_seconds(scheduler["stop_grace_period"]), runner)
 
 
 async def test_compose_sim_config_would_load(tmp_path: Path) -> None:
@@ -428,9 +441,7 @@ def test_probes_and_ports_match_the_metrics_listen(
 
 
 def test_grace_period_outlasts_the_drain(pod: dict[str, Any], k8s_config: Config) -> None:
-    assert outwaits_the_drain(
-        pod["terminationGracePeriodSeconds"], k8s_config.runner.shutdown_timeout
-    )
+    assert outwaits_the_drain(pod["terminationGracePeriodSeconds"], k8s_config.runner)
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")

@@ -2,7 +2,8 @@
 
 A real ``forgejo-scheduler sim`` (three simulated Forgejos, some FetchTask answers
 dropped after assignment) and a real ``forgejo-scheduler run`` (capacity 2, so
-connections compete) run as child processes; the metrics listen on a free loopback
+connections compete; plus a fourth connection, ``refused``, to a loopback port where
+nothing listens) run as child processes; the metrics listen on a free loopback
 port. Debian's ``prometheus`` scrapes them every second on its own loopback port, with
 the rules of ``prometheus/rules/`` loaded and evaluated every second. Then:
 
@@ -129,6 +130,10 @@ class Service:
     connections: tuple[str, ...]
 
 
+#: The connection whose server refuses every connection: down, and the alert pending.
+REFUSED = "refused"
+
+
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
     names = ("alpha", "beta", "gamma")
@@ -148,6 +153,9 @@ def service(tmp_path: Path) -> Iterator[Service]:
             "the simulator's config",
             lambda: True if b"runner config written" in sim_log.read_bytes() else None,
         )
+        with config.open("a") as fh:  # nothing listens on that port: refused
+            fh.write(f'\n[connections.{REFUSED}]\nurl = "http://127.0.0.1:{free_port()}"\n'
+                     f'uuid = "uuid-{REFUSED}"\ntoken = "{"0" * 40}"\n')
         run_log = tmp_path / "run.log"
         with run_log.open("wb") as out:
             daemon = subprocess.Popen(
@@ -162,7 +170,8 @@ def service(tmp_path: Path) -> Iterator[Service]:
             m = re.search(rb"http://127\.0\.0\.1:(\d+)/metrics", run_log.read_bytes())
             return int(m.group(1)) if m else None
 
-        yield Service(wait_until("the daemon's metrics address", metrics_port), names)
+        yield Service(wait_until("the daemon's metrics address", metrics_port),
+                      (*names, REFUSED))
     finally:
         if daemon is not None:
             # SIGTERM lets running tasks finish; a second one cancels them at once.
@@ -535,6 +544,15 @@ def test_every_dashboard_and_rule_expression(prometheus: Prometheus, service: Se
         rows.append(row)
     for q in rule_queries():
         rows.append(check_expr(prometheus, q.source, q.expr))
+
+    # The connection whose server refuses: scraped down (the others up), and the
+    # ConnectionDown alert pending for it (it fires after its `for: 5m`), for no other.
+    up = {s["metric"]["connection"]: s["value"][1]
+          for s in prometheus.query("forgejo_scheduler_connection_up")}
+    assert up == {**{n: "1" for n in service.connections if n != REFUSED}, REFUSED: "0"}, up
+    down = prometheus.query('ALERTS{alertname="ForgejoSchedulerConnectionDown"}')
+    assert [(a["metric"]["connection"], a["metric"]["alertstate"]) for a in down] == [
+        (REFUSED, "pending")], down
 
     picked = ", ".join(f"${k}={v}" for k, v in one_value.items() if k != "datasource")
     header = [

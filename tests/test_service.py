@@ -238,7 +238,9 @@ async def test_drain_keeps_retrying_an_unresolved_key(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     specs = [InstanceSpec("a", faults=FaultPlan(drop_after_assign=1.0))]
-    async with world(tmp_path, specs, capacity=2, shutdown_timeout=300) as (sim, service, ex):
+    bound = {"shutdown_resolve_timeout": "5m"}
+    async with world(tmp_path, specs, capacity=2, shutdown_timeout=300,
+                     runner_extra=bound) as (sim, service, ex):
         sim.instances["a"].add_job(duration=5)
         await wait_for(lambda: sim.ledger.statistics().assigned == 1)
         service.request_stop()
@@ -246,6 +248,7 @@ async def test_drain_keeps_retrying_an_unresolved_key(
         assert service.phase == "draining"
         sim.instances["a"].set_faults(FaultPlan())
         await wait_for(lambda: service.phase == "stopped")
+    assert service.stop_report is not None and service.stop_report.clean  # exit status 0
     assert ex.executed == list(sim.instances["a"].tasks)
     snap = sim.ledger.statistics()
     assert_no_loss(sim)

@@ -18,7 +18,8 @@ Layout (``config.toml`` in the repository root is the commented example, and
 ``docs/configuration.md`` the reference)::
 
     [runner]                 capacity, fetch_interval, fetch_timeout, report_interval,
-                             shutdown_timeout, state_dir, labels,
+                             shutdown_timeout, shutdown_resolve_timeout,
+                             shutdown_report_timeout, state_dir, labels,
                              job_timeout, envs, env_file
     [metrics]                listen, enabled
     [logging]                level, format

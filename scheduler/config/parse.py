@@ -37,6 +37,8 @@ _RUNNER_KEYS = (
     "fetch_timeout",
     "report_interval",
     "shutdown_timeout",
+    "shutdown_resolve_timeout",
+    "shutdown_report_timeout",
     "state_dir",
     "labels",
     *("job_timeout", "envs", "env_file"),  # job settings (issue 14)
@@ -364,6 +366,8 @@ class _Parser:
             fetch_timeout=duration("fetch_timeout"),
             report_interval=duration("report_interval"),
             shutdown_timeout=duration("shutdown_timeout", allow_zero=True),
+            shutdown_resolve_timeout=duration("shutdown_resolve_timeout", allow_zero=True),
+            shutdown_report_timeout=duration("shutdown_report_timeout"),
             state_dir=state_dir,
             labels=self.labels(t, "labels", "runner.labels") or (),
             job_timeout=duration("job_timeout"),

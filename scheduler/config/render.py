@@ -64,6 +64,8 @@ def render_config(config: Config) -> str:
         f"fetch_timeout = {_toml_str(format_duration(r.fetch_timeout))}",
         f"report_interval = {_toml_str(format_duration(r.report_interval))}",
         f"shutdown_timeout = {_toml_str(format_duration(r.shutdown_timeout))}",
+        f"shutdown_resolve_timeout = {_toml_str(format_duration(r.shutdown_resolve_timeout))}",
+        f"shutdown_report_timeout = {_toml_str(format_duration(r.shutdown_report_timeout))}",
         f"state_dir = {_toml_str(str(r.state_dir))}",
         f"labels = {_toml_array(r.labels)}",
         *_job_lines(r.job_timeout, r.envs, r.env_file),

@@ -41,6 +41,12 @@ class RunnerSettings:
     #: Ten minutes: long enough for typical CI jobs to finish on a deploy/restart,
     #: short enough that a stuck job does not block a host reboot indefinitely.
     shutdown_timeout: float = 600.0
+    #: During a shutdown, how long an unresolved request key is retried (it then stays
+    #: on disk for the next start), and how long a final report may take (counted from
+    #: the stop, or from the report's start if later). 30 s each: with no running task a
+    #: stop during an outage ends within about 30 s, inside systemd's 90 s default.
+    shutdown_resolve_timeout: float = 30.0
+    shutdown_report_timeout: float = 30.0
     #: Absolute; the file's default is ``state`` next to the config file.
     state_dir: Path
     #: Labels for connections that do not set their own.

@@ -36,9 +36,10 @@ from scheduler import __version__, logcontext
 from scheduler.config.values import DEFAULT_JOB_TIMEOUT
 from scheduler.errors import ConnectError, RpcError
 from scheduler.executor import Executor
-from scheduler.protocol import LogRow, Result, RunnerClient, Task, TaskState
+from scheduler.protocol import LogRow, Result, Task, TaskState
+from scheduler.task.final import FinalReports
 from scheduler.task.log import TaskLog
-from scheduler.task.reporter import DEFAULT_RETRY, RetryPolicy, TaskReporter
+from scheduler.task.reporter import DEFAULT_RETRY, ReportClient, RetryPolicy, TaskReporter
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def _header(task: Task, connection: str, runner_name: str) -> str:
 
 
 async def run_task(
-    client: RunnerClient,
+    client: ReportClient,
     task: Task,
     executor: Executor,
     *,
@@ -94,30 +95,38 @@ async def run_task(
     retry: RetryPolicy = DEFAULT_RETRY,
     max_run_time: float = DEFAULT_MAX_RUN_TIME,
     shutdown_report_timeout: float = SHUTDOWN_REPORT_TIMEOUT,
+    reports: FinalReports | None = None,
 ) -> TaskOutcome:
     """Run ``task`` with ``executor`` while reporting it, then send the final report.
 
     Never raises except ``trio.Cancelled`` (and other BaseExceptions) from outside,
     and then only after the job was killed and a bounded, shielded final report
-    (CANCELLED, "cancelled: the runner is shutting down") went out.
+    (CANCELLED, "cancelled: the runner is shutting down") went out. ``reports`` (the
+    connection's :class:`FinalReports`) learns where the task is and how its final
+    report ended, and bounds that report once the service shuts down.
     """
     logcontext.bind_task(task.id, task.context, connection=connection)  # for every line below
+    if reports is None:
+        reports = FinalReports(timeout=shutdown_report_timeout)
     start = trio.current_time()
     task_log = TaskLog(task, connection=connection)
     reporter = TaskReporter(client, task_log, retry=retry)
     task_log.log(_header(task, connection, runner_name or socket.gethostname()))
     log.info("task %d on %s: started", task.id, connection)
+    reports.started(task.id)
+    reported = False  # if a deadline ends the report first
     try:
         result, last_line = await _execute(task, executor, reporter, report_interval, max_run_time)
         result = task_log.close(result, last_line)
-        reported = await reporter.send_final()
+        with reports.send(task.id):
+            reported = await reporter.send_final()
     except Exception as exc:  # a bug in reporting itself: still report, never escape
         log.error(
             "task %d on %s: internal error while reporting: %s",
             task.id, connection, task_log.masker.mask(_describe(exc)),
         )
-        reported = False  # if the deadline ends the report first
-        with trio.CancelScope(deadline=trio.current_time() + shutdown_report_timeout):
+        with reports.send(task.id) as scope:
+            _bound(scope, shutdown_report_timeout)
             result = task_log.close(Result.FAILURE, f"internal error of the runner: {exc!r}")
             reported = await reporter.send_final()
     except BaseException:
@@ -125,15 +134,22 @@ async def run_task(
         # The executor has killed the job by now (cancellation went through it).
         # The shutdown can also arrive during the final report of a finished job, and
         # the deadline can end this report too (a Forgejo that does not answer).
-        reported = False
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + shutdown_report_timeout):
+        with reports.send(task.id, shield=True) as scope:
+            _bound(scope, shutdown_report_timeout)
             result = task_log.close(Result.CANCELLED, SHUTDOWN_LINE)
             reported = await reporter.send_final()
+        reports.ended(task.id, reported)
         _log_end(task, connection, result, reported, trio.current_time() - start)
         raise
+    reports.ended(task.id, reported)
     duration = trio.current_time() - start
     _log_end(task, connection, result, reported, duration)
     return TaskOutcome(result=result, reported=reported, duration=duration)
+
+
+def _bound(scope: trio.CancelScope, timeout: float) -> None:
+    """A report of a failed or cancelled task: at most ``timeout`` from now."""
+    scope.deadline = min(scope.deadline, trio.current_time() + timeout)
 
 
 async def _execute(
@@ -177,29 +193,34 @@ async def _execute(
 
 
 async def reject_task(
-    client: RunnerClient,
+    client: ReportClient,
     task: Task,
     reason: str,
     *,
     connection: str,
     retry: RetryPolicy = DEFAULT_RETRY,
+    reports: FinalReports | None = None,
 ) -> TaskOutcome:
     """Report a task this runner cannot run as failed at once: one row, then the result."""
     logcontext.bind_task(task.id, task.context, connection=connection)
+    reports = reports or FinalReports()
     start = trio.current_time()
     task_log = TaskLog(task, connection=connection)
     reporter = TaskReporter(client, task_log, retry=retry)
     task_log.log(reason)
     task_log.close(Result.FAILURE, None)
     log.warning("task %d on %s: rejected: %s", task.id, connection, task_log.masker.mask(reason))
-    reported = await reporter.send_final()
+    reported = False
+    with reports.send(task.id):  # a shutdown bounds it
+        reported = await reporter.send_final()
+    reports.ended(task.id, reported)
     duration = trio.current_time() - start
     _log_end(task, connection, Result.FAILURE, reported, duration)
     return TaskOutcome(result=Result.FAILURE, reported=reported, duration=duration)
 
 
 async def settle_orphan(
-    client: RunnerClient, task_id: int, *, rng: random.Random, attempts: int = 10
+    client: ReportClient, task_id: int, *, rng: random.Random, attempts: int = 10
 ) -> Result | None:
     """The task's final result on the server afterwards, or None if it could not be told."""
     logcontext.bind(task_id=task_id)
@@ -236,7 +257,7 @@ def _log_end(task: Task, connection: str, result: Result, reported: bool, durati
     else:
         log.error(
             "task %d on %s: the final result (%s) was not acknowledged by the server; "
-            "giving up after the retries",
+            "giving up (its retries, or the shutdown's shutdown_report_timeout, ran out)",
             task.id, connection, result.name.lower(),
         )
 

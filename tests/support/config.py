@@ -88,12 +88,13 @@ def write_config(
     shutdown_timeout: Duration = "10m",
     metrics: str | None = None,
     labels: Iterable[str] = ("sim:host",),
+    runner_extra: Mapping[str, object] | None = None,
 ) -> Path:
     """A config for any servers. Each connection has ``url``, ``uuid`` and ``token``
     (written to a 0600 token file next to the config, or into the config when it is an
     :class:`Inline`) or its own token key, plus any other keys. The state lives in
     ``state_dir`` (by default ``state`` next to the config); ``metrics=None`` disables
-    the metrics server."""
+    the metrics server; ``runner_extra`` adds ``[runner]`` keys."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [
         "[runner]",
@@ -103,6 +104,7 @@ def write_config(
         f"fetch_interval = {toml_value(duration_text(fetch_interval))}",
         f"fetch_timeout = {toml_value(duration_text(fetch_timeout))}",
         f"shutdown_timeout = {toml_value(duration_text(shutdown_timeout))}",
+        *(f"{k} = {toml_value(v)}" for k, v in (runner_extra or {}).items()),
         "",
         "[metrics]",
         f"listen = {toml_value(metrics or '')}",

@@ -116,6 +116,7 @@ async def world(
     fetch_interval: Duration = "1s",
     fetch_timeout: Duration = "30s",
     shutdown_timeout: Duration = "10m",
+    runner_extra: Mapping[str, object] | None = None,
     metrics: str | None = "127.0.0.1:0",
     labels: Iterable[str] = ("sim:host",),
     executor: Executor | Literal["default"] | None = None,
@@ -136,7 +137,7 @@ async def world(
         config = sim_config(
             home, sim, capacity=capacity, connect=connect, tuning=tuning, others=others,
             labels=labels, fetch_interval=fetch_interval, fetch_timeout=fetch_timeout,
-            shutdown_timeout=shutdown_timeout, metrics=metrics,
+            shutdown_timeout=shutdown_timeout, metrics=metrics, runner_extra=runner_extra,
         )
         if executor is None:
             executor = SimulatedExecutor()
@@ -174,12 +175,13 @@ async def daemon_world(
     capacity: int,
     seed: int = 7,
     fetch_interval: Duration = "1s",
+    runner_extra: Mapping[str, object] | None = None,
 ) -> AsyncIterator[DaemonWorld]:
     """The simulator (``specs`` with ``seed``) and ``home/config.toml`` for all its
     instances, with the metrics server on (a daemon announces its address, and
     :meth:`Daemon.start` waits for that). Daemons still running at the end are killed."""
     async with running_sim(*specs, seed=seed) as sim, trio.open_nursery() as nursery:
         config = sim_config(home, sim, capacity=capacity, fetch_interval=fetch_interval,
-                            metrics="127.0.0.1:0")
+                            metrics="127.0.0.1:0", runner_extra=runner_extra)
         yield DaemonWorld(sim, config, nursery)
         nursery.cancel_scope.cancel()
