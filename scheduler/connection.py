@@ -46,6 +46,7 @@ from scheduler.fetch import (
     Answered,
     FetchOutcome,
     KeyDoubt,
+    PollPace,
     Refused,
     Unresolved,
     backoff,
@@ -109,6 +110,7 @@ class ConnectionLoop:
     declared: bool = False
     tasks_version: int = 0
     doubt: KeyDoubt = attrs.field(factory=KeyDoubt)
+    poll: PollPace = attrs.field(factory=PollPace)  # the idle wait, adapted per answer
     last_error: str = ""
     redeclare: bool = False  # labels changed by a reload: Declare again before the next fetch
     _stopping: trio.Event = attrs.field(init=False, factory=trio.Event)
@@ -189,8 +191,7 @@ class ConnectionLoop:
                     k = await self.pool.acquire(self.name)
                 except PoolClosed:
                     break
-                pending = PendingFetch.new(k, self.tasks_version)
-                self.store.set_pending(pending)  # on disk before its first use
+                pending = await self.store.begin(k, self.tasks_version)  # on disk first
                 self.doubt = KeyDoubt()
             elif self._stopping.is_set() and trio.current_time() >= self._resolve_deadline:
                 log.error(
@@ -202,10 +203,14 @@ class ConnectionLoop:
             self.phase = Phase.FETCHING
             outcome = await self._fetch_once(pending)
             if isinstance(outcome, Answered):
-                if self._answered(pending, outcome.response, tasks):
+                filled = await self._answered(pending, outcome.response, tasks)
+                self.poll = self.poll.after(len(outcome.response.tasks),
+                                            self.settings.fetch_interval,
+                                            self.settings.poll_ceiling)
+                if filled:
                     continue  # the server may have more: ask again at once
                 self.phase = Phase.IDLE
-                wait = jittered(self.settings.fetch_interval, self.rng)
+                wait = jittered(self.poll.interval, self.rng)
             elif isinstance(outcome, Unresolved):
                 # The FetchTask retry: the key stays in the store and the slots stay
                 # reserved; the next turn sends the same key again, after a backoff.
@@ -220,6 +225,7 @@ class ConnectionLoop:
                 continue
             if wait > 0:
                 await self._sleep(wait)
+        await self.store.discard_next()  # a clean stop leaves no key on disk
         self.phase = Phase.STOPPED
 
     def _resume(self) -> None:
@@ -256,7 +262,7 @@ class ConnectionLoop:
         self.m.fetch_duration.observe(trio.current_time() - started)
         return Answered(resp)
 
-    def _answered(
+    async def _answered(
         self, pending: PendingFetch, resp: FetchTaskResponse, tasks: trio.Nursery
     ) -> bool:
         """Settle the key and its slots, start the tasks; True if the server may have more."""
@@ -264,7 +270,6 @@ class ConnectionLoop:
         n = len(resp.tasks)
         self.m.fetch_requests["tasks" if n else "empty"].inc()
         self.m.last_successful_fetch.set_to_current_time()
-        self.m.request_key_rotations.inc()
         if reused:
             log.info(
                 "connection %s: request key resolved after %d attempts: %d task(s)",
@@ -273,8 +278,11 @@ class ConnectionLoop:
         self._mark_up(True, "")
         self.doubt.logged = None
         self._set_unresolved(False)
-        # Record the tasks and forget the key in one atomic write, before anything runs.
-        self.store.resolve(tuple(t.id for t in resp.tasks))
+        # Record the tasks and forget the key in one atomic write, before anything runs;
+        # the next key goes on disk in the same write (an empty answer writes nothing).
+        await self.store.resolve(tuple(t.id for t in resp.tasks), write_ahead=True)
+        if n:
+            self.m.request_key_rotations.inc()
         res = self.pool.resolve(self.name, n)
         if n:
             self.tasks_version = 0  # as forgejo-runner: force a real query next time
@@ -316,7 +324,7 @@ class ConnectionLoop:
         self.doubt.logged = None
         self._set_unresolved(False)
         self.pool.release(self.name)
-        self.store.clear_pending()
+        self.store.release()
         self._mark_up(False, str(exc))
 
     def _set_unresolved(self, unresolved: bool) -> None:
@@ -417,7 +425,7 @@ class ConnectionLoop:
             self.m.task_duration.observe(outcome.duration)
         finally:
             self.m.tasks_running.dec()
-            self.store.task_done(task.id)
+            await self.store.task_done(task.id)
             self.pool.finish(self.name)
 
     async def report_orphan(self, task_id: int, holds_slot: bool) -> None:
@@ -433,7 +441,7 @@ class ConnectionLoop:
                 log.info("connection %s: task %d had already ended (%s)",
                          self.name, task_id, result.name.lower())
         finally:
-            self.store.task_done(task_id)
+            await self.store.task_done(task_id)
             if holds_slot:
                 self.pool.finish(self.name)
 
@@ -442,4 +450,4 @@ class ConnectionLoop:
             await reject_task(self.client, task, reason, connection=self.name)
             self.m.tasks_finished["failure"].inc()
         finally:
-            self.store.task_done(task.id)
+            await self.store.task_done(task.id)
