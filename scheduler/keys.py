@@ -229,7 +229,7 @@ class KeyStore:
         self,
         change: Callable[[ConnectionState], ConnectionState],
         *,
-        disk: PendingFetch | None | _Keep,
+        disk: PendingFetch | _Keep | None,
     ) -> None:
         """Make the file hold the running tasks after ``change`` and the key ``disk``.
 
