@@ -29,7 +29,9 @@ async def run(
         report_interval=sc.report_interval,
         shutdown_timeout=sc.drain,
         connections={
-            c.name: {"weight": c.weight, "fetch_interval": c.fetch_interval} for c in sc.conns
+            c.name: {"weight": c.weight, "fetch_interval": c.fetch_interval}
+            | ({} if c.fetch_interval_max is None else {"fetch_interval_max": c.fetch_interval_max})
+            for c in sc.conns
         },
     )
 
