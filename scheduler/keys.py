@@ -220,10 +220,14 @@ class KeyStore:
             await self.clear_pending()
 
     async def task_done(self, task_id: int) -> None:
-        await self._write(
-            lambda s: attrs.evolve(s, running=tuple(t for t in s.running if t != task_id)),
-            disk=_KEEP,
-        )
+        """Forget a finished task; on disk when this returns.
+
+        Removed in memory at once, so tasks that finish while a write is under way
+        go to disk together in the next one (one write, not one each).
+        """
+        self._state = attrs.evolve(
+            self._state, running=tuple(t for t in self._state.running if t != task_id))
+        await self._write(lambda s: s, disk=_KEEP)
 
     async def _write(
         self,

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import trio
 
 from scheduler.keys import ConnectionState, KeyStore, PendingFetch, on_the_event_loop
 
@@ -155,3 +156,16 @@ async def test_writes_run_in_a_worker_thread_by_default(
     inline.load()
     await inline.begin(1, 0)
     assert threading.get_ident() in disk.threads
+
+
+async def test_tasks_that_finish_together_are_forgotten_in_one_write(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path, "a")  # the worker thread: the others wait meanwhile
+    store.load()
+    await store.set_pending(PendingFetch("k", 4, 0))
+    await store.resolve((1, 2, 3, 4))
+    before = store.writes
+    async with trio.open_nursery() as nursery:
+        for task_id in (1, 2, 3):
+            nursery.start_soon(store.task_done, task_id)
+    assert on_disk(store).running == (4,)
+    assert store.writes - before == 1  # all three removals went out in the first write
