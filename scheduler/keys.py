@@ -32,10 +32,12 @@ sent, the server treats it as a fresh request: tests/test_crash.py).
 Writes are atomic (temp file, fsync, rename, fsync of the directory); the
 directory is 0700 and the files 0600. They run in a worker thread
 (``trio.to_thread.run_sync``, trio's way to do blocking file I/O) so the event loop
-never waits for the disk (two fsyncs are ~15 ms on a slow disk, which the loop
-used to stall for on every poll); the writes of one store are serialised by a
-lock and shielded from cancellation, because a half-done record change (tasks
-received but not recorded) must not be abandoned by a shutdown.
+never waits for the disk: issue 14 measured ~30 ms per idle poll for the two
+writes the loop then made inline, during which no other connection or task could
+run. The hop costs some CPU (bench/README.md, figure 6), which fewer writes pay
+back on any disk slower than this machine's. The writes of one store are
+serialised by a lock and shielded from cancellation, because a half-done record
+change (tasks received but not recorded) must not be abandoned by a shutdown.
 """
 
 from __future__ import annotations
