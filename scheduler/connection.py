@@ -5,11 +5,11 @@
     DECLARE --> HUNGRY --grant k--> FETCHING(key, k)
                   ^                   | n tasks: n run, k-n released, key rotates
                   |                   |          --> HUNGRY at once if n = k, else IDLE
-                  |                   | empty:   k released, key rotates --> IDLE
-                  |                   | refused: k released, key rotates --> DOWN
+                  |                   | empty:   k released, key kept (unused) --> IDLE
+                  |                   | refused: k released, key kept (unused) --> DOWN
                   |                   | unknown: keep key, keep k --> UNRESOLVED
                   |                   |          --backoff--> FETCHING(same key, same k)
-                  +-- IDLE (fetch_interval) / DOWN (Declare works again) ----+
+                  +-- IDLE (PollPace) / DOWN (Declare works again) ----------+
 
 Every arrow is taken in one place, :meth:`ConnectionLoop.run`: ``_fetch_once`` sends
 the FetchTask and says what came back (:class:`Answered`, :class:`Unresolved` or
@@ -21,8 +21,10 @@ the next turn of the loop sends the same key again after the backoff.
 The rules that matter (shared/reference/core-design.md): slots are granted before
 the FetchTask, which asks ``taskCapacity = k``; a connection with no slot sends no
 FetchTask, except the retry of an unresolved key, which holds its own reservation;
-the same key always goes out with the same capacity and ``tasks_version``; the
-key is persisted before its first use and forgotten only after an answer.
+a retried key goes out with the same capacity and ``tasks_version``; the key is
+on disk before its first use and forgotten only after an answer with tasks (a key
+the server answered empty or refused recorded nothing there and is used again:
+see scheduler.keys). The idle wait adapts (scheduler.fetch.PollPace).
 """
 
 from __future__ import annotations
