@@ -120,6 +120,7 @@ class KeyStore:
         self._disk_running: tuple[int, ...] = ()
         self._written = False  # the file exists with that content
         self._lock = trio.Lock()
+        self._dir_ready = False  # ensure_private_dir done for self.dir
         self.writes = 0  # atomic writes done (each two fsyncs), for tests and the bench
 
     @property
@@ -256,8 +257,16 @@ class KeyStore:
                 self._state = change(self._state)
 
     def _write_file(self, data: bytes) -> None:
-        ensure_private_dir(self.dir)
-        write_atomic(self.path, data)
+        # The directory is made private once (three syscalls fewer per write); if it
+        # disappears later, it is made again.
+        if not self._dir_ready:
+            ensure_private_dir(self.dir)
+            self._dir_ready = True
+        try:
+            write_atomic(self.path, data)
+        except FileNotFoundError:
+            ensure_private_dir(self.dir)
+            write_atomic(self.path, data)
 
 
 def _encode(state: ConnectionState) -> dict[str, object]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import threading
 from pathlib import Path
@@ -169,3 +170,13 @@ async def test_tasks_that_finish_together_are_forgotten_in_one_write(tmp_path: P
             nursery.start_soon(store.task_done, task_id)
     assert on_disk(store).running == (4,)
     assert store.writes - before == 1  # all three removals went out in the first write
+
+
+async def test_a_state_directory_removed_while_running_is_made_again(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "state", "a")
+    store.load()
+    await store.set_pending(PendingFetch("k1", 1, 0))
+    shutil.rmtree(tmp_path / "state")
+    await store.set_pending(PendingFetch("k2", 1, 0))
+    assert KeyStore(tmp_path / "state", "a").load().pending == PendingFetch("k2", 1, 0)
+    assert stat.S_IMODE(os.stat(store.dir).st_mode) == 0o700
