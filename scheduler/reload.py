@@ -18,7 +18,7 @@ import attrs
 from scheduler.config import Config, ConnectionSettings
 
 _IDENTITY = ("url", "uuid", "token", "ca_file", "insecure")
-_TUNABLE = ("weight", "min_slots", "max_slots", "fetch_interval", "labels")
+_TUNABLE = ("weight", "min_slots", "max_slots", "fetch_interval", "fetch_interval_max", "labels")
 
 
 @attrs.frozen
