@@ -34,10 +34,11 @@ directory is 0700 and the files 0600. They run in a worker thread
 (``trio.to_thread.run_sync``, trio's way to do blocking file I/O) so the event loop
 never waits for the disk: issue 14 measured ~30 ms per idle poll for the two
 writes the loop then made inline, during which no other connection or task could
-run. Each syscall in the thread is a GIL hand-off with the busy event loop, so a write
-does as few as it can (the directory is made private once, not per write). The writes of one store are
-serialised by a lock and shielded from cancellation, because a half-done record
-change (tasks received but not recorded) must not be abandoned by a shutdown.
+run. Each syscall in the thread is a GIL hand-off with the busy event loop, so a
+write does as few as it can (the directory is made private once, not per write).
+The writes of one store are serialised by a lock and shielded from cancellation,
+because a half-done record change (tasks received but not recorded) must not be
+abandoned by a shutdown.
 """
 
 from __future__ import annotations
