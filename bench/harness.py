@@ -53,6 +53,8 @@ class Conn:
     name: str
     weight: float = 1.0
     fetch_interval: float = 2.0
+    #: ``ours`` only (adaptive polling); None: the service's default (10 x fetch_interval).
+    fetch_interval_max: float | None = None
     rate: float = 0.0  # Poisson job arrivals on its instance, jobs/s
     durations: tuple[float, float] = (2.0, 10.0)  # uniform job duration, s
     faults: FaultPlan = attrs.field(factory=FaultPlan)

@@ -5,11 +5,11 @@
     DECLARE --> HUNGRY --grant k--> FETCHING(key, k)
                   ^                   | n tasks: n run, k-n released, key rotates
                   |                   |          --> HUNGRY at once if n = k, else IDLE
-                  |                   | empty:   k released, key rotates --> IDLE
-                  |                   | refused: k released, key rotates --> DOWN
+                  |                   | empty:   k released, key kept (unused) --> IDLE
+                  |                   | refused: k released, key kept (unused) --> DOWN
                   |                   | unknown: keep key, keep k --> UNRESOLVED
                   |                   |          --backoff--> FETCHING(same key, same k)
-                  +-- IDLE (fetch_interval) / DOWN (Declare works again) ----+
+                  +-- IDLE (PollPace) / DOWN (Declare works again) ----------+
 
 Every arrow is taken in one place, :meth:`ConnectionLoop.run`: ``_fetch_once`` sends
 the FetchTask and says what came back (:class:`Answered`, :class:`Unresolved` or
@@ -21,8 +21,10 @@ the next turn of the loop sends the same key again after the backoff.
 The rules that matter (shared/reference/core-design.md): slots are granted before
 the FetchTask, which asks ``taskCapacity = k``; a connection with no slot sends no
 FetchTask, except the retry of an unresolved key, which holds its own reservation;
-the same key always goes out with the same capacity and ``tasks_version``; the
-key is persisted before its first use and forgotten only after an answer.
+a retried key goes out with the same capacity and ``tasks_version``; the key is
+on disk before its first use and forgotten only after an answer with tasks (a key
+the server answered empty or refused recorded nothing there and is used again:
+see scheduler.keys). The idle wait adapts (scheduler.fetch.PollPace).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from scheduler.fetch import (
     Answered,
     FetchOutcome,
     KeyDoubt,
+    PollPace,
     Refused,
     Unresolved,
     backoff,
@@ -114,6 +117,7 @@ class ConnectionLoop:
     declared: bool = False
     tasks_version: int = 0
     doubt: KeyDoubt = attrs.field(factory=KeyDoubt)
+    poll: PollPace = attrs.field(factory=PollPace)  # the idle wait, adapted per answer
     redeclare: bool = False  # labels changed by a reload: Declare again before the next fetch
     #: Since when (trio time) the pending key's outcome has been unknown.
     unresolved_since: float | None = None
@@ -220,8 +224,7 @@ class ConnectionLoop:
                     k = await self.pool.acquire(self.name)
                 except PoolClosed:
                     break
-                pending = PendingFetch.new(k, self.tasks_version)
-                self.store.set_pending(pending)  # on disk before its first use
+                pending = await self.store.begin(k, self.tasks_version)  # on disk first
                 self.doubt = KeyDoubt()
             elif self._stopping.is_set() and trio.current_time() >= self._resolve_deadline:
                 log.error(
@@ -233,10 +236,14 @@ class ConnectionLoop:
             self.phase = Phase.FETCHING
             outcome = await self._fetch_once(pending)
             if isinstance(outcome, Answered):
-                if self._answered(pending, outcome.response, tasks):
+                filled = await self._answered(pending, outcome.response, tasks)
+                self.poll = self.poll.after(len(outcome.response.tasks),
+                                            self.settings.fetch_interval,
+                                            self.settings.poll_ceiling)
+                if filled:
                     continue  # the server may have more: ask again at once
                 self.phase = Phase.IDLE
-                wait = jittered(self.settings.fetch_interval, self.rng)
+                wait = jittered(self.poll.interval, self.rng)
             elif isinstance(outcome, Unresolved):
                 # The FetchTask retry: the key stays in the store and the slots stay
                 # reserved; the next turn sends the same key again, after a backoff.
@@ -251,6 +258,7 @@ class ConnectionLoop:
                 continue
             if wait > 0:
                 await self._sleep(wait)
+        await self.store.discard_next()  # a clean stop leaves no key on disk
         self.phase = Phase.STOPPED
 
     def _resume(self) -> None:
@@ -297,7 +305,7 @@ class ConnectionLoop:
         self._exchange = trio.CancelScope(deadline=deadline)
         return self._exchange
 
-    def _answered(
+    async def _answered(
         self, pending: PendingFetch, resp: FetchTaskResponse, tasks: trio.Nursery
     ) -> bool:
         """Settle the key and its slots, start the tasks; True if the server may have more."""
@@ -305,7 +313,6 @@ class ConnectionLoop:
         n = len(resp.tasks)
         self.m.fetch_requests["tasks" if n else "empty"].inc()
         self.m.last_successful_fetch.set_to_current_time()
-        self.m.request_key_rotations.inc()
         if reused:
             log.info(
                 "connection %s: request key resolved after %d attempts: %d task(s)",
@@ -314,8 +321,11 @@ class ConnectionLoop:
         self.health.succeeded()
         self.doubt.logged = None
         self._set_unresolved(False)
-        # Record the tasks and forget the key in one atomic write, before anything runs.
-        self.store.resolve(tuple(t.id for t in resp.tasks))
+        # Record the tasks and forget the key in one atomic write, before anything runs;
+        # the next key goes on disk in the same write (an empty answer writes nothing).
+        await self.store.resolve(tuple(t.id for t in resp.tasks), write_ahead=True)
+        if n:
+            self.m.request_key_rotations.inc()
         res = self.pool.resolve(self.name, n)
         if n:
             self.tasks_version = 0  # as forgejo-runner: force a real query next time
@@ -357,7 +367,7 @@ class ConnectionLoop:
         self.doubt.logged = None
         self._set_unresolved(False)
         self.pool.release(self.name)
-        self.store.clear_pending()
+        self.store.release()
         self.health.failed(str(exc), at_once=True)
         # Out of the entitlement computation until Declare works, so others may borrow more.
         self.pool.set_active(self.name, False)
@@ -464,7 +474,7 @@ class ConnectionLoop:
             self.m.task_duration.observe(outcome.duration)
         finally:
             self.m.tasks_running.dec()
-            self.store.task_done(task.id)
+            await self.store.task_done(task.id)
             self.pool.finish(self.name)
 
     async def report_orphan(self, task_id: int, holds_slot: bool) -> None:
@@ -487,7 +497,7 @@ class ConnectionLoop:
         finally:
             self.reports.ended(task_id, result is not None)
             if settled:  # else cut short by a shutdown: the next start settles it
-                self.store.task_done(task_id)
+                await self.store.task_done(task_id)
             if holds_slot:
                 self.pool.finish(self.name)
 
@@ -497,4 +507,4 @@ class ConnectionLoop:
                               reports=self.reports)
             self.m.tasks_finished["failure"].inc()
         finally:
-            self.store.task_done(task.id)
+            await self.store.task_done(task.id)

@@ -190,7 +190,7 @@ class Metrics:
             c,
         )
         self.request_key_rotations_total = self._counter(
-            "request_key_rotations_total", "Request keys replaced after a definite answer.", c
+            "request_key_rotations_total", "Request keys replaced after an answer with tasks.", c
         )
 
         # --- tasks ---------------------------------------------------------------

@@ -19,8 +19,8 @@ import attrs
 from scheduler.config import Config, ConnectionSettings
 
 _IDENTITY = ("url", "uuid", "token", "ca_file", "insecure")
-_TUNABLE = ("weight", "min_slots", "max_slots", "fetch_interval", "labels",
-            "job_timeout", "job_env")  # job settings: for the tasks started after it
+_TUNABLE = ("weight", "min_slots", "max_slots", "fetch_interval", "fetch_interval_max",
+            "labels", "job_timeout", "job_env")  # job settings: for the tasks started after it
 
 
 @attrs.frozen

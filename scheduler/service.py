@@ -35,7 +35,7 @@ from scheduler.errors import ConfigError
 from scheduler.executor import Executor
 from scheduler.executor.host import HostExecutor
 from scheduler.http import make_app, serve_http
-from scheduler.keys import KeyStore
+from scheduler.keys import DiskWrite, KeyStore, in_worker_thread
 from scheduler.metrics import Metrics
 from scheduler.pool import PoolStatistics, SlotPool
 from scheduler.protocol import RunnerClient, ssl_context
@@ -103,8 +103,10 @@ class Service:
         executor: Executor | None = None,
         client_factory: ClientFactory = default_client,
         seed: int | None = None,
+        disk_write: DiskWrite = in_worker_thread,
     ) -> None:
         self.config = config
+        self.disk_write = disk_write  # how key stores write (a seam for virtual time)
         runner = config.runner
         self.executor = executor or HostExecutor(
             Path(runner.state_dir) / "work", labels=self._labels_by_connection(config),
@@ -139,7 +141,8 @@ class Service:
         """A connection joins the ledger, the metrics and the service's entries."""
         self.ledger.add(c.name, c.share)
         self.metrics.add_connection(c.name, c.share)
-        self.entries[c.name] = ConnectionEntry(KeyStore(Path(self.config.runner.state_dir), c.name))
+        self.entries[c.name] = ConnectionEntry(
+            KeyStore(Path(self.config.runner.state_dir), c.name, disk_write=self.disk_write))
 
     @property
     def loops(self) -> dict[str, ConnectionLoop]:

@@ -1010,3 +1010,32 @@ def test_plain_http_to_another_host_is_warned(tmp_path: Path, url: str, warned: 
     warnings = [w for w in config_warnings(parse(d, tmp_path)) if "plain HTTP" in w]
     assert bool(warnings) is warned
     assert all(TOKEN not in w for w in warnings)
+
+
+def test_fetch_interval_max_defaults_inherits_and_is_checked(tmp_path: Path) -> None:
+    cfg = parse(two(), tmp_path)
+    assert cfg.runner.fetch_interval_max is None
+    assert [c.poll_ceiling for c in cfg.connections] == [20.0, 20.0]  # 10 x fetch_interval
+
+    d = two()
+    d["runner"].update(fetch_interval_max="30s")
+    conn(d, "b").update(fetch_interval="1m", fetch_interval_max="5m")
+    a, b = parse(d, tmp_path).connections
+    assert (a.fetch_interval_max, a.poll_ceiling) == (30.0, 30.0)
+    assert (b.fetch_interval_max, b.poll_ceiling) == (300.0, 300.0)
+
+    d = two()
+    d["runner"].update(fetch_interval_max="30s")
+    conn(d, "b").update(fetch_interval="1m")  # the inherited ceiling is below its interval
+    assert parse(d, tmp_path).connections[1].poll_ceiling == 60.0  # fixed interval
+
+    d = base()
+    d["runner"].update(fetch_interval="5s", fetch_interval_max="2s")
+    assert error(d, tmp_path) == (
+        'runner.fetch_interval_max: expected a duration at least fetch_interval (5s), '
+        'got a string ("2s")')
+    d = base()
+    conn(d).update(fetch_interval_max="1s")
+    assert error(d, tmp_path) == (
+        'connections.a.fetch_interval_max: expected a duration at least fetch_interval '
+        '(2s), got a string ("1s")')

@@ -3,6 +3,7 @@ statistics() and repr, and the outcome labels of failed fetches."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -25,9 +26,9 @@ from scheduler.errors import (
     TransportBroken,
 )
 from scheduler.executor import Executor
-from scheduler.fetch import classify
+from scheduler.fetch import POLL_GROWTH, POLL_HOLD, PollPace, classify
 from scheduler.health import DOWN_AFTER, Health, ObservedClient
-from scheduler.keys import KeyStore, PendingFetch
+from scheduler.keys import KeyStore, PendingFetch, on_the_event_loop
 from scheduler.metrics import Metrics
 from scheduler.pool import SlotPool
 from scheduler.protocol import FetchTaskResponse, Runner, RunnerClient, TaskState
@@ -63,7 +64,7 @@ def make_loop(tmp_path: Path, client: ScriptedClient) -> ConnectionLoop:
     metrics = Metrics(capacity=2, connections=["home"], version="0")
     ledger = SlotLedger(2)
     ledger.add("home", settings.share)
-    store = KeyStore(tmp_path, "home")
+    store = KeyStore(tmp_path, "home", disk_write=on_the_event_loop)
     store.load()
     return ConnectionLoop(
         settings=settings,
@@ -150,12 +151,12 @@ async def test_retune_changes_settings_and_asks_for_a_new_declare(tmp_path: Path
     assert loop.redeclare
 
 
-def test_repr_shows_name_phase_health_and_key(tmp_path: Path) -> None:
+async def test_repr_shows_name_phase_health_and_key(tmp_path: Path) -> None:
     loop = make_loop(tmp_path, ScriptedClient())
     assert repr(loop) == "<ConnectionLoop home starting ?>"
     loop.health.up, loop.phase = False, Phase.UNRESOLVED
     key = PendingFetch.new(2, 0)
-    loop.store.set_pending(key)
+    await loop.store.set_pending(key)
     loop.doubt.attempts, loop.doubt.unresolved = 3, True
     assert repr(loop) == (
         f"<ConnectionLoop home unresolved down key {key.key[:8]}… for 2 (3 sent, in doubt)>"
@@ -233,3 +234,36 @@ async def test_task_reports_count_as_exchanges(autojump_clock: trio.testing.Mock
             await client.update_task(TaskState(id=1))
     assert health.up is False
     assert health.last_error == "timeout: UpdateTask: no answer within 30s"
+
+
+def test_poll_pace_holds_then_grows_to_the_ceiling_and_a_task_resets_it() -> None:
+    pace, waits = PollPace(), []
+    for _ in range(20):
+        pace = pace.after(0, 2.0, 20.0)
+        waits.append(pace.interval)
+    assert waits[:POLL_HOLD] == [2.0] * POLL_HOLD
+    assert waits[POLL_HOLD] == 2.0 * POLL_GROWTH
+    assert waits == sorted(waits) and waits[-1] == 20.0
+    assert pace.after(1, 2.0, 20.0) == PollPace(0, 2.0)
+    assert PollPace().after(0, 5.0, 1.0).interval == 5.0  # never below fetch_interval
+
+
+async def test_idle_polls_reuse_the_key_without_writing_and_back_off(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    client = ScriptedClient()
+    async with running(make_loop(tmp_path, client)) as loop:  # fetch_interval 5 s, max 50 s
+        answered_at = []
+        for _ in range(POLL_HOLD + 6):
+            await client.send.send(FetchTaskResponse(tasks=(), tasks_version=3))
+            answered_at.append(trio.current_time())
+            await trio.testing.wait_all_tasks_blocked()
+        waits = [b - a for a, b in itertools.pairwise(answered_at)]
+        assert all(4.5 <= w <= 5.5 for w in waits[:POLL_HOLD - 1])  # 5 s ± 10 % jitter
+        assert waits[POLL_HOLD] > 5.5 * 1.2 and max(waits) <= 55
+        # Every empty answer left the key unused on the server: it went out again,
+        # without a write (the one write put it on disk before the first FetchTask).
+        assert len({key for key, _, _ in client.fetches}) == 1
+        assert loop.store.writes == 1
+        assert KeyStore(tmp_path, "home").load().pending == PendingFetch(
+            client.fetches[0][0], 2, 0)

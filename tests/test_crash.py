@@ -92,7 +92,7 @@ async def test_key_persisted_but_never_sent_behaves_as_a_fresh_request(
     async with running_sim("a", seed=1) as sim:
         store = KeyStore(tmp_path / "state", "a")
         store.load()
-        store.set_pending(PendingFetch("never-sent-key", 2, 0))
+        await store.set_pending(PendingFetch("never-sent-key", 2, 0))
         sim.instances["a"].add_job(duration=1)
         async with world(tmp_path, sim=sim, capacity=2, service_seed=1) as (_, service, _):
             await wait_for(lambda: sim.ledger.statistics().finished == 1, within=120)
@@ -119,7 +119,7 @@ async def test_orphan_that_had_already_finished_is_settled_quietly(
         (task_id,) = sim.instances["a"].tasks
         store = KeyStore(tmp_path / "state", "a")
         store.load()
-        store.resolve((task_id,))  # as if the process died before forgetting it
+        await store.resolve((task_id,))  # as if the process died before forgetting it
         async with world(tmp_path, sim=sim, capacity=1, service_seed=1) as (_, again, _):
             await wait_for(lambda: KeyStore(tmp_path / "state", "a").load().running == (),
                            within=120)

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scheduler.config import Config, ConnectionSettings, MetricsSettings, RunnerSettings
 from scheduler.connection import Phase
 from scheduler.http import ASGIApp, Message, _json, _parse_bound, make_app, serve_http
+from scheduler.keys import on_the_event_loop
 from scheduler.metrics import Metrics
 from scheduler.protocol import FetchTaskResponse, Runner
 from scheduler.service import Service
@@ -414,7 +415,8 @@ async def test_service_status_renders_its_statistics(
         metrics=MetricsSettings(enabled=False),
         connections=(home,),
     )
-    service = Service(config, client_factory=lambda settings, timeout: cast(Any, _BlackHole()))
+    service = Service(config, client_factory=lambda settings, timeout: cast(Any, _BlackHole()),
+                      disk_write=on_the_event_loop)  # virtual time: see scheduler.keys
     assert service.status() == {"phase": "starting", "capacity": 2, "free": 2, "connections": {}}
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)

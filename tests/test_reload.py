@@ -111,3 +111,14 @@ async def test_relabel_declares_again(
         await wait_for(lambda: sim.ledger.statistics().finished == 1, within=60)
         service.request_stop()
         await wait_for(lambda: service.phase == "stopped")
+
+
+def test_plan_retunes_a_new_fetch_interval_max(tmp_path: Path) -> None:
+    sim = Simulator(["a", "b"])
+    sim.address = ("127.0.0.1", 1)
+    old = load_config(write(sim, tmp_path, capacity=2, connections={}))
+    new = load_config(write(sim, tmp_path, capacity=2,
+                            connections={"b": {"fetch_interval_max": "1m"}}))
+    plan = plan_reload(old, new)
+    assert [c.name for c in plan.retuned] == ["b"] and plan.kept == ()
+    assert plan.config.connections[1].poll_ceiling == 60.0

@@ -12,6 +12,7 @@ import trio
 
 from bench.harness import World
 from scheduler.config import ConnectionSettings, load_config
+from scheduler.keys import on_the_event_loop
 from scheduler.protocol import RunnerClient
 from scheduler.service import Service
 
@@ -28,15 +29,19 @@ async def run(
         report_interval=sc.report_interval,
         shutdown_timeout=sc.drain,
         connections={
-            c.name: {"weight": c.weight, "fetch_interval": c.fetch_interval} for c in sc.conns
+            c.name: {"weight": c.weight, "fetch_interval": c.fetch_interval}
+            | ({} if c.fetch_interval_max is None else {"fetch_interval_max": c.fetch_interval_max})
+            for c in sc.conns
         },
     )
 
     def client(settings: ConnectionSettings, timeout: float) -> RunnerClient:
         return world.client(settings.name, timeout)
 
+    # Virtual time: the state files are written inline, taking no virtual time (a
+    # MockClock cannot see the worker thread the service uses in real time).
     service = Service(load_config(path), executor=world.executor, client_factory=client,
-                      seed=world.seed)
+                      seed=world.seed, disk_write=on_the_event_loop)
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
         task_status.started()

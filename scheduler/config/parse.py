@@ -24,7 +24,7 @@ from scheduler.config.values import (
     MetricsSettings,
     RunnerSettings,
 )
-from scheduler.durations import describe_value, parse_duration
+from scheduler.durations import describe_value, format_duration, parse_duration
 from scheduler.errors import ConfigError, SecretFileError
 from scheduler.executor.labels import label_problem, plan_labels
 from scheduler.logs import FORMATS, LEVELS
@@ -34,6 +34,7 @@ _TOP_KEYS = ("runner", "metrics", "logging", "connections")
 _RUNNER_KEYS = (
     "capacity",
     "fetch_interval",
+    "fetch_interval_max",
     "fetch_timeout",
     "report_interval",
     "shutdown_timeout",
@@ -55,6 +56,7 @@ _CONNECTION_KEYS = (
     "min_slots",
     "max_slots",
     "fetch_interval",
+    "fetch_interval_max",
     "ca_file",
     "insecure",
     *("job_timeout", "envs", "env_file"),  # job settings (issue 14)
@@ -260,6 +262,22 @@ class _Parser:
             self.fail(dotted, f"expected a duration greater than 0, got {got}")
         return seconds
 
+    def fetch_interval_max(
+        self, table: Mapping[str, Any], prefix: str, fetch_interval: float,
+        *, default: float | None,
+    ) -> float | None:
+        """The adaptive polling ceiling; set in a table, at least that table's fetch_interval."""
+        if "fetch_interval_max" not in table:
+            return default
+        dotted = f"{prefix}.fetch_interval_max"
+        seconds = self.duration(table, "fetch_interval_max", dotted, default=0.0,
+                                allow_zero=False)
+        if seconds < fetch_interval:
+            self.fail(dotted, f"expected a duration at least fetch_interval "
+                              f"({format_duration(fetch_interval)}), "
+                              f"got {describe_value(table['fetch_interval_max'])}")
+        return seconds
+
     def labels(self, table: Mapping[str, Any], key: str, dotted: str) -> tuple[str, ...] | None:
         """A label list, or None when absent (so connections can inherit runner.labels)."""
         if key not in table:
@@ -360,9 +378,12 @@ class _Parser:
             default: float = getattr(d, key)
             return self.duration(t, key, f"runner.{key}", default=default, allow_zero=allow_zero)
 
+        fetch_interval = duration("fetch_interval")
         return RunnerSettings(
             capacity=capacity,
-            fetch_interval=duration("fetch_interval"),
+            fetch_interval=fetch_interval,
+            fetch_interval_max=self.fetch_interval_max(
+                t, "runner", fetch_interval, default=None),
             fetch_timeout=duration("fetch_timeout"),
             report_interval=duration("report_interval"),
             shutdown_timeout=duration("shutdown_timeout", allow_zero=True),
@@ -492,6 +513,10 @@ class _Parser:
                 "ca_file would be ignored; set only one of them",
             )
 
+        fetch_interval = self.duration(
+            t, "fetch_interval", f"{prefix}.fetch_interval",
+            default=runner.fetch_interval, allow_zero=False,
+        )
         return {
             "name": name,
             "url": url,
@@ -500,13 +525,9 @@ class _Parser:
             "weight": self.number(t, "weight", f"{prefix}.weight", default=1.0),
             "min_slots": min_slots,
             "max_slots": max_slots,
-            "fetch_interval": self.duration(
-                t,
-                "fetch_interval",
-                f"{prefix}.fetch_interval",
-                default=runner.fetch_interval,
-                allow_zero=False,
-            ),
+            "fetch_interval": fetch_interval,
+            "fetch_interval_max": self.fetch_interval_max(
+                t, prefix, fetch_interval, default=runner.fetch_interval_max),
             "ca_file": ca_file,
             "insecure": insecure,
             **self.job_settings(t, prefix, runner),

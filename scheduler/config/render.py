@@ -61,6 +61,11 @@ def render_config(config: Config) -> str:
         "[runner]",
         f"capacity = {r.capacity}",
         f"fetch_interval = {_toml_str(format_duration(r.fetch_interval))}",
+        (
+            f"fetch_interval_max = {_toml_str(format_duration(r.fetch_interval_max))}"
+            if r.fetch_interval_max is not None
+            else "# fetch_interval_max: not set (10 x each connection's fetch_interval)"
+        ),
         f"fetch_timeout = {_toml_str(format_duration(r.fetch_timeout))}",
         f"report_interval = {_toml_str(format_duration(r.report_interval))}",
         f"shutdown_timeout = {_toml_str(format_duration(r.shutdown_timeout))}",
@@ -91,6 +96,12 @@ def render_config(config: Config) -> str:
             f"min_slots = {c.min_slots}",
             f"max_slots = {c.max_slots}",
             f"fetch_interval = {_toml_str(format_duration(c.fetch_interval))}",
+            (
+                f"fetch_interval_max = {_toml_str(format_duration(c.fetch_interval_max))}"
+                if c.fetch_interval_max is not None
+                else f"# fetch_interval_max: not set ({format_duration(c.poll_ceiling)}, "
+                "10 x fetch_interval)"
+            ),
             (
                 f"ca_file = {_toml_str(str(c.ca_file))}"
                 if c.ca_file is not None

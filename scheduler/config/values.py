@@ -8,6 +8,9 @@ from pathlib import Path
 
 import attrs
 
+#: ``fetch_interval_max`` when not configured: this many times ``fetch_interval``.
+FETCH_INTERVAL_MAX_FACTOR = 10.0
+
 # ---------------------------------------------------------------------------------------
 # The values
 
@@ -35,6 +38,9 @@ class RunnerSettings:
 
     capacity: int
     fetch_interval: float = 2.0
+    #: The longest wait between FetchTasks after empty answers (adaptive polling,
+    #: scheduler.fetch.PollPace); None: 10 x each connection's fetch_interval.
+    fetch_interval_max: float | None = None
     fetch_timeout: float = 30.0
     report_interval: float = 1.0
     #: How long a graceful shutdown waits for running tasks before cancelling them.
@@ -95,6 +101,8 @@ class ConnectionSettings:
     min_slots: int = 0
     max_slots: int
     fetch_interval: float
+    #: None: 10 x fetch_interval (see RunnerSettings.fetch_interval_max).
+    fetch_interval_max: float | None = None
     ca_file: Path | None = None
     insecure: bool = False
     # -- job settings (issue 14) --
@@ -105,6 +113,13 @@ class ConnectionSettings:
     env_file: Path | None = None
     #: What its jobs get: runner envs < runner env_file < own envs < own env_file.
     job_env: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+
+    @property
+    def poll_ceiling(self) -> float:
+        """The longest idle wait between FetchTasks (never below ``fetch_interval``)."""
+        if self.fetch_interval_max is None:
+            return FETCH_INTERVAL_MAX_FACTOR * self.fetch_interval
+        return max(self.fetch_interval, self.fetch_interval_max)
 
     @property
     def share(self) -> Share:

@@ -32,6 +32,7 @@ import trio
 from scheduler.config import ConnectionSettings, load_config
 from scheduler.executor import Executor
 from scheduler.executor.simulated import SimulatedExecutor
+from scheduler.keys import on_the_event_loop
 from scheduler.protocol import RunnerClient
 from scheduler.service import ClientFactory, Service
 from scheduler.sim import InstanceSpec, Simulator
@@ -78,7 +79,8 @@ async def running_service(
     kw: dict[str, Any] = {} if client_factory is None else {"client_factory": client_factory}
     if executor != DEFAULT_EXECUTOR:
         kw["executor"] = executor or SimulatedExecutor()
-    service = Service(load_config(config), seed=seed, **kw)
+    # Virtual time in most tests: state files are written inline (scheduler.keys).
+    service = Service(load_config(config), seed=seed, disk_write=on_the_event_loop, **kw)
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
         yield service
