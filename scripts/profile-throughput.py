@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, os.getcwd())
 
-import trio  # noqa: E402
+import trio
 
-from bench import resources  # noqa: E402
-from scheduler.sim import Simulator  # noqa: E402
+from bench import resources
+from scheduler.sim import Simulator
 
 TASKS = 1000
 
