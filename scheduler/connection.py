@@ -61,9 +61,9 @@ from scheduler.health import Health, ObservedClient
 from scheduler.keys import KeyStore, PendingFetch
 from scheduler.metrics import ConnectionMetrics, Metrics
 from scheduler.pool import SlotPool
-from scheduler.protocol import FetchTaskResponse, Result, RunnerClient, Task
+from scheduler.protocol import FetchTaskResponse, RunnerClient
 from scheduler.task.final import FinalReports
-from scheduler.task.lifecycle import ORPHAN_REASON, reject_task, run_task, settle_orphan
+from scheduler.tasks import ConnectionTasks, TaskLimits
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +130,18 @@ class ConnectionLoop:
     reports: FinalReports = attrs.field(init=False)
     #: The client tasks report through: UpdateTask/UpdateLog count in ``health``.
     reporting: ObservedClient = attrs.field(init=False)
+    #: Starts and ends this connection's tasks (``scheduler.tasks``).
+    tasks: ConnectionTasks = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.m = self.metrics.connection(self.name)
         self.health = Health(self.name, self.settings.url, self.m.up)
         self.reports = FinalReports(timeout=self.runner.shutdown_report_timeout)
         self.reporting = ObservedClient(self.client, self.health)
+        self.tasks = ConnectionTasks(
+            self.name, self.reporting, self.executor, self.store, self.pool, self.m,
+            self.reports, self.rng,
+        )
 
     @property
     def up(self) -> bool | None:
@@ -334,9 +340,11 @@ class ConnectionLoop:
                 self.m.tasks_recovered.inc(n)
         else:
             self.tasks_version = max(self.tasks_version, resp.tasks_version)
+        limits = TaskLimits(self.runner.report_interval, self.settings.job_timeout,
+                            self.runner.shutdown_report_timeout)
         for i, task in enumerate(resp.tasks):
             if i < res.accepted:
-                tasks.start_soon(self._run_task, task, name=f"task-{task.id}")
+                tasks.start_soon(self.tasks.run, task, limits, name=f"task-{task.id}")
             else:
                 reason = (
                     f"the server sent {n} task(s) on a request for {pending.task_capacity}; "
@@ -345,7 +353,7 @@ class ConnectionLoop:
                 )
                 log.error("connection %s: task %d rejected: %s", self.name, task.id, reason)
                 self.m.tasks_rejected.inc()
-                tasks.start_soon(self._reject_task, task, reason, name=f"reject-{task.id}")
+                tasks.start_soon(self.tasks.reject, task, reason, name=f"reject-{task.id}")
         return bool(n) and n >= pending.task_capacity
 
     def _unresolved(self, pending: PendingFetch, exc: RpcError) -> None:
@@ -456,55 +464,3 @@ class ConnectionLoop:
             if self.pending is not None:
                 # An unresolved key is retried through the shutdown, until its bound.
                 await trio.sleep_until(self._resolve_deadline)
-
-    # --- tasks ----------------------------------------------------------------------
-
-    async def _run_task(self, task: Task) -> None:
-        self.m.tasks_running.inc()
-        try:
-            outcome = await run_task(
-                self.reporting, task, self.executor,
-                report_interval=self.runner.report_interval, connection=self.name,
-                max_run_time=self.settings.job_timeout,
-                shutdown_report_timeout=self.runner.shutdown_report_timeout,
-                reports=self.reports,
-            )
-            result = outcome.result.name.lower() if outcome.result.is_final else "unknown"
-            self.m.tasks_finished[result].inc()
-            self.m.task_duration.observe(outcome.duration)
-        finally:
-            self.m.tasks_running.dec()
-            await self.store.task_done(task.id)
-            self.pool.finish(self.name)
-
-    async def report_orphan(self, task_id: int, holds_slot: bool) -> None:
-        """A task left running by a dead process: settle it (see scheduler.task.lifecycle)."""
-        logcontext.bind(connection=self.name, task_id=task_id)
-        log.warning(
-            "connection %s: task %d: %s; reporting it failed", self.name, task_id, ORPHAN_REASON
-        )
-        settled = False
-        result = None
-        try:
-            with self.reports.send(task_id):  # a shutdown bounds it
-                result = await settle_orphan(self.reporting, task_id, rng=self.rng)
-                settled = True
-            if result is Result.FAILURE:
-                self.m.tasks_finished["failure"].inc()
-            elif result is not None:
-                log.info("connection %s: task %d had already ended (%s)",
-                         self.name, task_id, result.name.lower())
-        finally:
-            self.reports.ended(task_id, result is not None)
-            if settled:  # else cut short by a shutdown: the next start settles it
-                await self.store.task_done(task_id)
-            if holds_slot:
-                self.pool.finish(self.name)
-
-    async def _reject_task(self, task: Task, reason: str) -> None:
-        try:
-            await reject_task(self.reporting, task, reason, connection=self.name,
-                              reports=self.reports)
-            self.m.tasks_finished["failure"].inc()
-        finally:
-            await self.store.task_done(task.id)

@@ -401,7 +401,7 @@ class Service:
                 entry.tasks = tasks.cancel_scope
                 orphans, entry.orphans = entry.orphans, []
                 for task_id, holds_slot in orphans:
-                    tasks.start_soon(loop.report_orphan, task_id, holds_slot)
+                    tasks.start_soon(loop.tasks.settle_orphan, task_id, holds_slot)
                 await loop.run(tasks)
         if entry.removing:
             self._forget_connection(name)
